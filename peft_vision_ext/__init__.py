@@ -1,0 +1,36 @@
+"""peft-vision-ext: vision add-ons for Hugging Face PEFT.
+
+``import peft_vision_ext`` is the whole integration: it installs the plugin's hooks into PEFT (idempotent,
+see :mod:`peft_vision_ext.peft_hooks`). Afterwards plain PEFT understands vision models, e.g.
+``get_peft_model(vit, LoraConfig(r=16))`` resolves the model family's default target modules.
+"""
+
+from __future__ import annotations
+
+from . import peft_hooks
+from .errors import EmptyPresetError, NotAVisionModelError, PresetError, UnknownPresetError
+from .presets import (
+    PRESETS,
+    VisionFamily,
+    detect_family,
+    list_presets,
+    preset_config,
+    register_family,
+    resolve_targets,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "register", "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
+    "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
+    "NotAVisionModelError",
+]
+
+
+def register() -> list[str]:
+    """Register every add-on with PEFT (already done on import; calling it again changes nothing)."""
+    return peft_hooks.install()
+
+
+register()

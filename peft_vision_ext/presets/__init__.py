@@ -1,0 +1,155 @@
+"""Vision target-module presets: which layers of a vision model an adapter should wrap.
+
+>>> list_presets(model)                         # {"attention": [...], "mlp": [...], ...}
+>>> resolve_targets(model, "attention", method="lora")
+>>> preset_config(model, "lora", r=16)          # a ready LoraConfig with the family's default preset
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import EmptyPresetError, NotAVisionModelError, UnknownPresetError
+from ..versions import peft_version
+from .catalog import METHOD_LAYER_SUPPORT, PRESETS, Preset, method_layer_kinds
+from .families import Detection, VisionFamily, detect_family, families, register_family
+from .roles import LayerInfo, Role
+
+__all__ = [
+    "PRESETS", "Preset", "Role", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
+    "families", "register_family", "list_presets", "resolve_targets", "resolve_default", "preset_config",
+    "SUPPORTED_METHODS",
+]
+
+SUPPORTED_METHODS = tuple(METHOD_LAYER_SUPPORT)
+
+
+def _detect(model: nn.Module) -> Detection:
+    detection = detect_family(model)
+    if detection is None:
+        raise NotAVisionModelError(
+            f"peft-vision-ext found no Linear or Conv2d layer to adapt in {type(model).__name__}; "
+            "pass target_modules explicitly."
+        )
+    return detection
+
+
+def _select(detection: Detection, preset: Preset, method: str | None) -> list[LayerInfo]:
+    kinds = method_layer_kinds(method, peft_version()) if method else None
+    return [
+        layer
+        for layer in detection.layers
+        if layer.role in preset.roles and (kinds is None or layer.layer_kind in kinds)
+    ]
+
+
+def list_presets(model: nn.Module, method: str | None = None) -> dict[str, list[str]]:
+    """Every preset that selects something on ``model`` -> the module paths it selects."""
+    detection = _detect(model)
+    result = {}
+    for name, preset in PRESETS.items():
+        selected = _select(detection, preset, method)
+        if selected:
+            result[name] = [layer.name for layer in selected]
+    return result
+
+
+def resolve_targets(model: nn.Module, preset: str, method: str | None = None) -> list[str]:
+    """Module paths selected by ``preset`` on ``model`` (restricted to layer kinds ``method`` can wrap).
+
+    Raises :class:`UnknownPresetError` (listing the valid presets) or :class:`EmptyPresetError` (naming the
+    detected family and the roles found). Reads the model only; never modifies it.
+    """
+    detection = _detect(model)
+    return [layer.name for layer in _resolve(detection, preset, method)]
+
+
+def _resolve(detection: Detection, preset: str, method: str | None) -> list[LayerInfo]:
+    if preset not in PRESETS:
+        valid = [n for n, p in PRESETS.items() if _select(detection, p, method)]
+        raise UnknownPresetError(
+            f"Unknown preset {preset!r} for {detection.family.name}. Presets valid for this model"
+            f"{' with ' + method if method else ''}: {', '.join(valid) or 'none'}."
+        )
+    selected = _select(detection, PRESETS[preset], method)
+    if not selected:
+        roles = ", ".join(f"{r} x{n}" for r, n in sorted(detection.roles_found().items())) or "none"
+        wanted = ", ".join(sorted(r.value for r in PRESETS[preset].roles))
+        unsupported = sorted({layer.layer_kind for layer in _select(detection, PRESETS[preset], None)})
+        why = (
+            f" {method} cannot adapt its {'/'.join(unsupported)} layers on peft {peft_version()}"
+            f" (supported there: {', '.join(sorted(method_layer_kinds(method, peft_version()) or ()))})."
+            if unsupported and method else ""
+        )
+        raise EmptyPresetError(
+            f"Preset {preset!r} selects no module of this {detection.family.name} model"
+            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}).{why} "
+            f"Roles found: {roles}. Choose another preset or pass target_modules explicitly."
+        )
+    return selected
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a preset resolves to for one model and method: the pieces of a PEFT config."""
+
+    family: str
+    preset: str
+    target_modules: list[str]
+    modules_to_save: list[str]
+    feedforward_modules: list[str]  # IA3 only
+
+
+def resolve_default(model: nn.Module, method: str, preset: str | None = None) -> Resolution:
+    """Targets, task head and (IA3) feedforward modules of ``preset`` or the family's default preset."""
+    method = method.lower()
+    detection = _detect(model)
+    name = preset or detection.family.default_preset(method)
+    if name is None:
+        raise UnknownPresetError(
+            f"peft-vision-ext has no default preset for method {method!r} on {detection.family.name}; "
+            f"pass preset=... (one of {', '.join(PRESETS)}) or target_modules explicitly."
+        )
+    selected = _resolve(detection, name, method)
+    feedforward = [layer.name for layer in selected if layer.role == Role.FC2] if method == "ia3" else []
+    return Resolution(
+        family=detection.family.name,
+        preset=name,
+        target_modules=[layer.name for layer in selected],
+        modules_to_save=list(detection.heads),
+        feedforward_modules=feedforward,
+    )
+
+
+def _config_class(method: str) -> type:
+    import peft
+
+    classes = {"lora": peft.LoraConfig, "loha": peft.LoHaConfig, "lokr": peft.LoKrConfig,
+               "adalora": peft.AdaLoraConfig, "ia3": peft.IA3Config}
+    try:
+        return classes[method]
+    except KeyError:
+        raise ValueError(f"preset_config supports methods {', '.join(classes)}; got {method!r}.") from None
+
+
+def preset_config(model: nn.Module, method: str, preset: str | None = None, **method_kwargs: Any) -> Any:
+    """A ready PEFT config (LoraConfig, LoHaConfig, ...) for ``model`` using ``preset`` or the default one.
+
+    ``method_kwargs`` go to the config class; an explicit ``target_modules`` / ``modules_to_save`` /
+    ``feedforward_modules`` there wins over the preset.
+    """
+    method = method.lower()
+    config_class = _config_class(method)
+    if method_kwargs.get("target_modules") is None:
+        resolution = resolve_default(model, method, preset)
+        method_kwargs["target_modules"] = resolution.target_modules
+        if method == "ia3" and method_kwargs.get("feedforward_modules") is None:
+            method_kwargs["feedforward_modules"] = resolution.feedforward_modules
+        if method_kwargs.get("modules_to_save") is None and resolution.modules_to_save:
+            method_kwargs["modules_to_save"] = resolution.modules_to_save
+    elif preset is not None:
+        raise ValueError("Pass either preset=... or target_modules=..., not both.")
+    return config_class(**method_kwargs)

@@ -1,0 +1,204 @@
+"""The registry of vision families: small declarative entries, detected by model class and structure.
+
+An entry says how to recognise a family (library + root class names, or transformers ``model_type``),
+what kind of network it is (which decides the default preset per PEFT method), where its task head
+lives, and (rarely) regex overrides for layers whose role structure alone cannot tell.
+Registering a new family is one :func:`register_family` call; an unregistered model still gets a
+structural family (``generic-transformer`` / ``generic-cnn`` / ``generic-hybrid``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from .roles import ATTENTION_ROLES, LayerInfo, Role, infer_layers
+
+Kind = Literal["transformer", "cnn", "hybrid"]
+Library = Literal["timm", "transformers", "torchvision", "any"]
+
+#: Default preset per PEFT method and kind of network, following the field's practice: attention for
+#: ViT-style models; groups == 1 convolutions for CNNs with LoRA/AdaLoRA (LoRA's rank must divide
+#: ``groups``; upstream AdaLoRA has no grouped convs), depthwise included for LoHa/LoKr which support
+#: them; the pointwise (Linear) MLPs for ConvNeXt-style hybrids.
+KIND_DEFAULTS: dict[str, dict[str, str]] = {
+    "transformer": {"lora": "attention", "adalora": "attention", "loha": "attention", "lokr": "attention",
+                    "ia3": "attention+mlp"},
+    "cnn": {"lora": "conv", "adalora": "conv", "loha": "conv+depthwise", "lokr": "conv+depthwise", "ia3": "conv"},
+    "hybrid": {"lora": "mlp", "adalora": "mlp", "loha": "all", "lokr": "all", "ia3": "mlp"},
+}
+
+#: Top-level children that are task heads in transformers/torchvision models.
+HEAD_ATTRIBUTES = ("classifier", "head", "heads", "fc", "decode_head", "auxiliary_head", "head_dist",
+                   "segmentation_head", "seg_head", "score")
+
+
+@dataclass(frozen=True)
+class VisionFamily:
+    name: str
+    library: Library
+    kind: Kind
+    classes: tuple[str, ...] = ()  # root module class names
+    model_types: tuple[str, ...] = ()  # transformers config.model_type
+    description: str = ""
+    defaults: Mapping[str, str] = field(default_factory=dict)  # method -> preset, over KIND_DEFAULTS
+    overrides: tuple[tuple[str, Role], ...] = ()  # (regex on module path, role)
+
+    def matches(self, model: nn.Module) -> bool:
+        if self.library != "any" and model_library(model) != self.library:
+            return False
+        if self.model_types:
+            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            return model_type in self.model_types
+        return type(model).__name__ in self.classes
+
+    def default_preset(self, method: str) -> str | None:
+        return self.defaults.get(method) or KIND_DEFAULTS[self.kind].get(method)
+
+
+_FAMILIES: dict[str, VisionFamily] = {}
+
+
+def register_family(family: VisionFamily, *, replace: bool = False) -> VisionFamily:
+    """Add a family to the registry (idempotent for an identical entry)."""
+    existing = _FAMILIES.get(family.name)
+    if existing is not None and existing != family and not replace:
+        raise ValueError(f"A different vision family named {family.name!r} is already registered; "
+                         "pass replace=True to override it.")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> tuple[VisionFamily, ...]:
+    return tuple(_FAMILIES.values())
+
+
+def model_library(model: nn.Module) -> str:
+    root = type(model).__module__.split(".", 1)[0]
+    return root if root in ("timm", "transformers", "torchvision") else "other"
+
+
+# --------------------------------------------------------------------------------------------------
+# The entries. Structure does most of the work (see roles.py); entries name, detect and set defaults.
+# --------------------------------------------------------------------------------------------------
+_T, _C, _H = "transformer", "cnn", "hybrid"
+for _entry in (
+    # timm
+    VisionFamily("timm-vit", "timm", _T, ("VisionTransformer",),
+                 description="ViT, DeiT, DeiT-3, DINO/DINOv2, CLIP/SigLIP image towers"),
+    VisionFamily("timm-vit-distilled", "timm", _T, ("VisionTransformerDistilled",), description="DeiT distilled"),
+    VisionFamily("timm-eva", "timm", _T, ("Eva",), description="EVA, EVA-02"),
+    VisionFamily("timm-beit", "timm", _T, ("Beit",), description="BEiT, BEiT-v2"),
+    VisionFamily("timm-swin", "timm", _T, ("SwinTransformer", "SwinTransformerV2", "SwinTransformerV2Cr"),
+                 description="Swin, SwinV2"),
+    VisionFamily("timm-convnext", "timm", _H, ("ConvNeXt",), description="ConvNeXt, ConvNeXt-V2"),
+    VisionFamily("timm-resnet", "timm", _C, ("ResNet",), description="ResNet, ResNeXt, SE-ResNet"),
+    VisionFamily("timm-efficientnet", "timm", _C, ("EfficientNet",),
+                 description="EfficientNet, MobileNetV2, MNASNet, MixNet"),
+    VisionFamily("timm-mobilenetv3", "timm", _C, ("MobileNetV3",), description="MobileNetV3"),
+    VisionFamily("timm-regnet", "timm", _C, ("RegNet",), description="RegNetX/Y"),
+    VisionFamily("timm-byobnet", "timm", _C, ("ByobNet",), description="ResNet-*ts, RegNetZ, GENet (BYOB nets)"),
+    # transformers (model_type covers every head class of an architecture)
+    VisionFamily("hf-vit", "transformers", _T, model_types=("vit",)),
+    VisionFamily("hf-deit", "transformers", _T, model_types=("deit",)),
+    VisionFamily("hf-dinov2", "transformers", _T, model_types=("dinov2", "dinov2_with_registers")),
+    VisionFamily("hf-beit", "transformers", _T, model_types=("beit", "data2vec-vision")),
+    VisionFamily("hf-swin", "transformers", _T, model_types=("swin", "swinv2")),
+    VisionFamily("hf-convnext", "transformers", _H, model_types=("convnext", "convnextv2")),
+    VisionFamily("hf-resnet", "transformers", _C, model_types=("resnet",)),
+    VisionFamily("hf-segformer", "transformers", _T, model_types=("segformer",)),
+    VisionFamily("hf-dpt", "transformers", _T, model_types=("dpt",)),
+    VisionFamily("hf-clip-vision", "transformers", _T,
+                 model_types=("clip_vision_model", "clip", "siglip_vision_model", "siglip", "siglip2_vision_model")),
+    # UperNet's kind follows its backbone; see detect_family.
+    VisionFamily("hf-upernet", "transformers", _T, model_types=("upernet",)),
+    # torchvision
+    VisionFamily("tv-resnet", "torchvision", _C, ("ResNet",)),
+    # Its attention is an nn.MultiheadAttention, which only LoRA can wrap: the others default to the MLP.
+    VisionFamily("tv-vit", "torchvision", _T, ("VisionTransformer",),
+                 defaults={"loha": "mlp", "lokr": "mlp", "adalora": "mlp", "ia3": "mlp"}),
+    VisionFamily("tv-swin", "torchvision", _T, ("SwinTransformer",)),
+    VisionFamily("tv-convnext", "torchvision", _H, ("ConvNeXt",),
+                 overrides=((r"\.block\.3$", Role.FC1), (r"\.block\.5$", Role.FC2))),  # CNBlock's pointwise MLP
+    VisionFamily("tv-efficientnet", "torchvision", _C, ("EfficientNet",)),
+    VisionFamily("tv-mobilenet", "torchvision", _C, ("MobileNetV2", "MobileNetV3")),
+):
+    register_family(_entry)
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------------
+def head_names(model: nn.Module) -> list[str]:
+    """Module paths of the task head(s), trained in full (``modules_to_save``) rather than adapted."""
+    names: list[str] = []
+    get_classifier = getattr(model, "get_classifier", None)
+    if model_library(model) == "timm" and callable(get_classifier):
+        classifier = get_classifier()
+        by_id = {id(m): n for n, m in model.named_modules()}
+        candidates = [classifier] + [getattr(model, "head_dist", None)]
+        for module in candidates:
+            if isinstance(module, nn.Module) and _has_weights(module) and id(module) in by_id:
+                names.append(by_id[id(module)])
+        return names
+    for attribute in HEAD_ATTRIBUTES:
+        module = getattr(model, attribute, None)
+        if isinstance(module, nn.Module) and _has_weights(module):
+            names.append(attribute)
+    return names
+
+
+def _has_weights(module: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in module.modules())
+
+
+def _structural_kind(layers: list[LayerInfo]) -> Kind | None:
+    roles = {layer.role for layer in layers}
+    if roles & ATTENTION_ROLES:
+        return "transformer"
+    if roles & {Role.FC1, Role.FC2} and Role.DEPTHWISE in roles:
+        return "hybrid"
+    if roles & {Role.CONV, Role.POINTWISE, Role.DEPTHWISE}:
+        return "cnn"
+    return None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the registry found for a model: its family, kind, head(s) and every classified layer."""
+
+    family: VisionFamily
+    registered: bool
+    heads: tuple[str, ...]
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def kind(self) -> Kind:
+        return self.family.kind
+
+    def roles_found(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            counts[layer.role.value] = counts.get(layer.role.value, 0) + 1
+        return counts
+
+
+def detect_family(model: nn.Module) -> Detection | None:
+    """Family of ``model`` and the role of each of its layers; ``None`` when nothing in it is adaptable."""
+    heads = tuple(head_names(model))
+    family = next((f for f in _FAMILIES.values() if f.matches(model)), None)
+    overrides = [(re.compile(p), r) for p, r in family.overrides] if family else []
+    layers = infer_layers(model, heads, overrides)
+    kind = _structural_kind(layers)
+    if family is not None:
+        if family.name == "hf-upernet" and kind is not None and kind != family.kind:
+            family = VisionFamily(family.name, family.library, kind, model_types=family.model_types)
+        return Detection(family, True, heads, tuple(layers))
+    if kind is None:
+        return None
+    generic = VisionFamily(f"generic-{kind}", "any", kind, description="structural inference")
+    return Detection(generic, False, heads, tuple(layers))
