@@ -102,10 +102,46 @@ def _install_default_targets() -> None:
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
         fill_vision_defaults(self, model, adapter_name)
+        translate_legacy_targets(self, model, adapter_name)
         return original(self, model, adapter_name, *args, **kwargs)
 
     setattr(inject_adapter, _MARK, True)
     BaseTuner.inject_adapter = inject_adapter
+
+
+# --------------------------------------------------------------------------------------------------
+# Hook: adapters saved with transformers 4.x module names, loaded on transformers 5.x
+# --------------------------------------------------------------------------------------------------
+def translate_legacy_targets(tuner: Any, model: Any, adapter_name: str) -> None:
+    """Translate a transformers-4.x adapter config (target_modules, modules_to_save) to this 5.x model."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from .legacy_names import translate_config
+
+    translate_config(model, tuner.peft_config[adapter_name], check_target_module_exists)
+
+
+def _install_legacy_state_dict_translation() -> None:
+    # Why: PeftModel.load_adapter (used by from_pretrained) hands the saved weights to
+    # set_peft_model_state_dict, whose keys name transformers-4.x module paths in adapters trained before
+    # transformers 5 renamed ViT/DeiT/DINOv2/Swin/SegFormer modules; PEFT only converts MoE layers. We rename
+    # those keys (from transformers' own conversion tables) before PEFT matches them. The inject_adapter
+    # hook above translates the config the same way.
+    import peft.peft_model as peft_model_module
+
+    original = peft_model_module.set_peft_model_state_dict
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def set_peft_model_state_dict(model: Any, peft_model_state_dict: dict, *args: Any, **kwargs: Any) -> Any:
+        from .legacy_names import translate_state_dict
+
+        base = getattr(getattr(model, "base_model", None), "model", model)
+        return original(model, translate_state_dict(base, peft_model_state_dict), *args, **kwargs)
+
+    setattr(set_peft_model_state_dict, _MARK, True)
+    peft_model_module.set_peft_model_state_dict = set_peft_model_state_dict
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -115,6 +151,13 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_default_targets,
+    ),
+    Hook(
+        name="transformers4-adapters",
+        why="adapters saved with transformers 4.x module names load on transformers 5 (names translated)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_legacy_state_dict_translation,
     ),
 )
 

@@ -56,6 +56,12 @@ _ATTENTION_NAMES: dict[str, Role] = {
     **dict.fromkeys(("qkv", "in_proj", "to_qkv", "qkv_proj", "wqkv"), Role.QKV),
     **dict.fromkeys(("o_proj", "out_proj", "proj", "out", "o", "out_lin", "to_out", "wo", "dense"), Role.O),
 }
+# Compound names such as CvT's ``projection_query``.
+_ATTENTION_PARTS = (
+    (re.compile(r"(^|_)(query|q)(_|$)"), Role.Q),
+    (re.compile(r"(^|_)(key|k)(_|$)"), Role.K),
+    (re.compile(r"(^|_)(value|v)(_|$)"), Role.V),
+)
 _ATTENTION_SCOPE = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention|mha|msa|wmsa)(\.|$)", re.I)
 _MLP_SCOPE = re.compile(r"(^|\.)(mlp|ffn|ff|feed_forward|feedforward|intermediate|fc1|fc2|pwconv1|pwconv2)(\.|$)")
 _DOWNSAMPLE_SCOPE = re.compile(r"(^|\.)(downsample|downsampling_layer|reduction|patch_merging|merge)(\.|$)")
@@ -99,6 +105,9 @@ def _linear_role(name: str, module: nn.Linear, scope_is_attention: bool) -> Role
     if scope_is_attention:
         if leaf in _ATTENTION_NAMES:
             return _ATTENTION_NAMES[leaf]
+        for pattern, role in _ATTENTION_PARTS:
+            if pattern.search(leaf):
+                return role
         if module.out_features == 3 * module.in_features:
             return Role.QKV
         return Role.O

@@ -1,0 +1,44 @@
+"""An adapter trained on transformers 4.x (tests/data/vit_v4_lora, made by make_v4_adapter_fixture.py on the old
+lane) loads on the installed transformers and reproduces the outputs it had on 4.x."""
+
+import logging
+import os
+
+import peft
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import peft_vision_ext  # noqa: F401 - installs the hooks
+
+ROOT = os.path.join(os.path.dirname(__file__), "data", "vit_v4_lora")
+
+
+def test_transformers4_adapter_loads_with_same_outputs(caplog):
+    model = transformers.ViTForImageClassification.from_pretrained(os.path.join(ROOT, "base")).eval()
+    expected = load_file(os.path.join(ROOT, "expected.safetensors"))
+    with caplog.at_level(logging.WARNING, logger="peft_vision_ext"):
+        peft_model = peft.PeftModel.from_pretrained(model, os.path.join(ROOT, "adapter")).eval()
+    targeted = set(peft_model.base_model.targeted_module_names)
+    assert len(targeted) == 8  # query, value, attention output and MLP output ("output.dense") of 2 layers
+    with torch.no_grad():
+        logits = peft_model(pixel_values=expected["pixel_values"]).logits
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=1e-6)
+    if transformers.__version__.startswith("4."):
+        assert not caplog.records, "nothing to translate on transformers 4"
+    else:
+        assert "vit.layers.0.attention.q_proj" in targeted
+        assert any("transformers 4.x" in r.getMessage() for r in caplog.records), "translation must be announced"
+
+
+def test_current_adapters_are_not_translated(tmp_path, caplog):
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8, num_labels=3)
+    model = transformers.ViTForImageClassification(config).eval()
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=2))
+    peft_model.save_pretrained(tmp_path)
+    fresh = transformers.ViTForImageClassification(config)
+    fresh.load_state_dict(model.state_dict(), strict=False)
+    with caplog.at_level(logging.WARNING, logger="peft_vision_ext"):
+        peft.PeftModel.from_pretrained(fresh, tmp_path)
+    assert not [r for r in caplog.records if "transformers 4.x" in r.getMessage()]
