@@ -51,7 +51,7 @@ def _timm_model(name: str):
 
     model = timm.create_model(name, pretrained=False, num_classes=10)
     size = model.pretrained_cfg.get("input_size", (3, 224, 224))
-    return model, torch.randn(1, *size)
+    return model, torch.randn(2, *size)  # batch 2: heads with BatchNorm1d need it in training mode
 
 
 def transformers_cases() -> dict[str, callable]:
@@ -88,7 +88,7 @@ def _hf_model(model_type: str, class_name: str):
     size = getattr(config, "image_size", None) or getattr(getattr(config, "vision_config", None), "image_size", 224)
     size = size if isinstance(size, int) else size[0]
     channels = getattr(config, "num_channels", 3)
-    return model, torch.randn(1, channels, size, size)
+    return model, torch.randn(2, channels, size, size)
 
 
 def _main_tensor(output):

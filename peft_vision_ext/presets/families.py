@@ -140,7 +140,8 @@ def head_names(model: nn.Module) -> list[str]:
     if model_library(model) == "timm" and callable(get_classifier):
         classifier = get_classifier()
         by_id = {id(m): n for n, m in model.named_modules()}
-        candidates = [classifier] + [getattr(model, "head_dist", None)]
+        # Multi-head models (CrossViT, EfficientViM) return a ModuleList, which modules_to_save cannot wrap.
+        candidates = [c for m in (classifier, getattr(model, "head_dist", None)) for c in _expand_container(m)]
         for module in candidates:
             if isinstance(module, nn.Module) and _has_weights(module) and id(module) in by_id:
                 names.append(by_id[id(module)])
@@ -150,6 +151,14 @@ def head_names(model: nn.Module) -> list[str]:
         if isinstance(module, nn.Module) and _has_weights(module):
             names.append(attribute)
     return names
+
+
+def _expand_container(module: object) -> list[object]:
+    if isinstance(module, nn.ModuleList):
+        return list(module)
+    if isinstance(module, nn.ModuleDict):
+        return list(module.values())
+    return [module]
 
 
 def _has_weights(module: nn.Module) -> bool:

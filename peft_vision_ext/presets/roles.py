@@ -56,6 +56,7 @@ _ATTENTION_NAMES: dict[str, Role] = {
     **dict.fromkeys(("qkv", "in_proj", "to_qkv", "qkv_proj", "wqkv"), Role.QKV),
     **dict.fromkeys(("o_proj", "out_proj", "proj", "out", "o", "out_lin", "to_out", "wo", "dense"), Role.O),
 }
+_WRAPPER_LEAVES = frozenset({"linear", "base_layer", "inner", "layer"})
 # Compound names such as CvT's ``projection_query``.
 _ATTENTION_PARTS = (
     (re.compile(r"(^|_)(query|q)(_|$)"), Role.Q),
@@ -101,7 +102,9 @@ def _param_count(module: nn.Module) -> int:
 
 
 def _linear_role(name: str, module: nn.Linear, scope_is_attention: bool) -> Role:
-    leaf = name.rsplit(".", 1)[-1]
+    parts = name.split(".")
+    # A Linear wrapped in a named container (timm Gemma4 ViT: ``attn.q_proj.linear``) takes the container's name.
+    leaf = parts[-2] if parts[-1] in _WRAPPER_LEAVES and len(parts) > 1 else parts[-1]
     if scope_is_attention:
         if leaf in _ATTENTION_NAMES:
             return _ATTENTION_NAMES[leaf]
