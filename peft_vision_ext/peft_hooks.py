@@ -25,6 +25,8 @@ logger = logging.getLogger("peft_vision_ext")
 
 MIN_PEFT = Version("0.15")  # first release with register_peft_method
 _MARK = "__peft_vision_ext_hook__"
+#: The PEFT callables each hook wrapped (hook name -> original), for tests that compare against upstream.
+ORIGINALS: dict[str, Callable[..., Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,36 @@ def _install_legacy_state_dict_translation() -> None:
     peft_model_module.set_peft_model_state_dict = set_peft_model_state_dict
 
 
+# --------------------------------------------------------------------------------------------------
+# Hook: AdaLoRA on Conv2d (all groups) on every supported PEFT version
+# --------------------------------------------------------------------------------------------------
+def _install_adalora_conv() -> None:
+    # Why: PEFT < 0.20 refuses Conv2d for AdaLoRA; PEFT >= 0.20's SVDConv2d ignores `groups` (depthwise convs
+    # crash at the first forward) and runs a second full-size convolution. AdaLoraModel._create_new_module is
+    # the per-tuner dispatch point; we route plain Conv2d to peft_vision_ext.adalora.AdaLoraConv2d (same
+    # parameter names/shapes as upstream for groups == 1) and everything else to PEFT.
+    from peft.tuners.adalora.model import AdaLoraModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from torch import nn
+
+    original = AdaLoraModel._create_new_module
+    if getattr(original, _MARK, False):
+        return
+
+    def _create_new_module(lora_config: Any, adapter_name: str, target: Any, **kwargs: Any) -> Any:
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if type(base) is nn.Conv2d:
+            from .adalora.layer import AdaLoraConv2d
+
+            kwargs.pop("device_map", None)
+            return AdaLoraConv2d(target, adapter_name, config=lora_config, **kwargs)
+        return original(lora_config, adapter_name, target, **kwargs)
+
+    setattr(_create_new_module, _MARK, True)
+    ORIGINALS["adalora-conv2d"] = original
+    AdaLoraModel._create_new_module = staticmethod(_create_new_module)
+
+
 HOOKS: tuple[Hook, ...] = (
     Hook(
         name="vision-default-targets",
@@ -158,6 +190,13 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_legacy_state_dict_translation,
+    ),
+    Hook(
+        name="adalora-conv2d",
+        why="AdaLoRA on Conv2d with any groups (depthwise included), factored forward (PEFT: none < 0.20, no groups)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_adalora_conv,
     ),
 )
 

@@ -169,8 +169,8 @@ def _structural_kind(layers: list[LayerInfo]) -> Kind | None:
     roles = {layer.role for layer in layers}
     if roles & ATTENTION_ROLES:
         return "transformer"
-    if roles & {Role.FC1, Role.FC2} and Role.DEPTHWISE in roles:
-        return "hybrid"
+    if roles & {Role.FC1, Role.FC2}:
+        return "hybrid"  # ConvNeXt-style (pointwise MLPs + depthwise convs) and MLP-Mixer-style models
     if roles & {Role.CONV, Role.POINTWISE, Role.DEPTHWISE}:
         return "cnn"
     return None

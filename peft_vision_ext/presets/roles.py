@@ -62,9 +62,11 @@ _ATTENTION_PARTS = (
     (re.compile(r"(^|_)(query|q)(_|$)"), Role.Q),
     (re.compile(r"(^|_)(key|k)(_|$)"), Role.K),
     (re.compile(r"(^|_)(value|v)(_|$)"), Role.V),
+    (re.compile(r"(^|_)(qkv|queries_keys_values)(_|$)"), Role.QKV),
 )
 _ATTENTION_SCOPE = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention|mha|msa|wmsa)(\.|$)", re.I)
-_MLP_SCOPE = re.compile(r"(^|\.)(mlp|ffn|ff|feed_forward|feedforward|intermediate|fc1|fc2|pwconv1|pwconv2)(\.|$)")
+_MLP_SCOPE = re.compile(
+    r"(^|\.)(mlp|mlp_\w+|ffn|ff|feed_forward|feedforward|intermediate|fc1|fc2|pwconv1|pwconv2)(\.|$)")
 _DOWNSAMPLE_SCOPE = re.compile(r"(^|\.)(downsample|downsampling_layer|reduction|patch_merging|merge)(\.|$)")
 # HF transformers 4.x ViT-style blocks: ``layer.N.intermediate.dense`` / ``layer.N.output.dense``.
 _HF4_MLP_OUT = re.compile(r"(^|\.)output\.dense$")
@@ -86,7 +88,7 @@ class LayerInfo:
 def _layer_kind(module: nn.Module) -> str:
     if isinstance(module, nn.MultiheadAttention):
         return "mha"
-    if isinstance(module, nn.Linear):
+    if _is_linear(module):
         return "linear"
     if isinstance(module, nn.Conv2d):
         return "conv2d-grouped" if module.groups > 1 else "conv2d"
@@ -94,30 +96,39 @@ def _layer_kind(module: nn.Module) -> str:
 
 
 def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear)
+    # transformers' Conv1D (GPT-2 style, weight stored transposed) is a Linear for PEFT (fan_in_fan_out).
+    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or a transformers Conv1D."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.weight.shape[0], module.weight.shape[1]
 
 
 def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=True))
 
 
-def _linear_role(name: str, module: nn.Linear, scope_is_attention: bool) -> Role:
+def _linear_role(name: str, module: nn.Module, scope_is_attention: bool) -> Role:
     parts = name.split(".")
     # A Linear wrapped in a named container (timm Gemma4 ViT: ``attn.q_proj.linear``) takes the container's name.
     leaf = parts[-2] if parts[-1] in _WRAPPER_LEAVES and len(parts) > 1 else parts[-1]
+    in_features, out_features = _features(module)
     if scope_is_attention:
         if leaf in _ATTENTION_NAMES:
             return _ATTENTION_NAMES[leaf]
         for pattern, role in _ATTENTION_PARTS:
             if pattern.search(leaf):
                 return role
-        if module.out_features == 3 * module.in_features:
+        if in_features * 3 == out_features:
             return Role.QKV
         return Role.O
     if _DOWNSAMPLE_SCOPE.search(name):
         return Role.LINEAR
     if _HF4_MLP_OUT.search(name) or _MLP_SCOPE.search(name) or leaf in ("fc1", "fc2", "pwconv1", "pwconv2"):
-        return Role.FC1 if module.out_features > module.in_features else Role.FC2
+        return Role.FC1 if out_features > in_features else Role.FC2
     return Role.LINEAR
 
 
