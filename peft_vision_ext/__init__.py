@@ -21,8 +21,17 @@ from .presets import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    if name == "AdaLoraCallback":  # lazy: importing it loads transformers' Trainer callbacks
+        from .adalora.callback import AdaLoraCallback
+
+        return AdaLoraCallback
+    raise AttributeError(f"module 'peft_vision_ext' has no attribute {name!r}")
+
 __all__ = [
-    "__version__", "register", "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
+    "__version__", "register", "AdaLoraCallback",
+    "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
     "NotAVisionModelError",
 ]

@@ -1,0 +1,138 @@
+"""``AdaLoraCallback``: AdaLoRA's rank allocation under Hugging Face Trainer.
+
+AdaLoRA only adapts ranks when ``update_and_allocate(step)`` runs after every optimizer step, while the
+gradients still exist. Trainer never calls it, so without this callback AdaLoRA trains as a fixed-rank LoRA.
+The callback calls it in ``on_optimizer_step`` (after ``optimizer.step()``, before ``zero_grad``; once per
+optimizer step, so gradient accumulation is handled), makes ``total_step`` agree with the Trainer's number
+of optimizer steps, logs the current budget, and saves/restores the rank allocator's state (importance
+averages) with every checkpoint so a resumed run allocates exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger("peft_vision_ext")
+
+STATE_FILE = "adalora_rank_allocator.pt"
+_ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def find_adalora_tuner(model: Any) -> Any:
+    """The AdaLoraModel inside ``model`` (a PeftModel, possibly wrapped by DDP/accelerate), or ``None``."""
+    from peft.tuners.adalora import AdaLoraModel
+
+    seen = 0
+    while model is not None and seen < 5:
+        if isinstance(model, AdaLoraModel):
+            return model
+        model = getattr(model, "base_model", None) if hasattr(model, "peft_config") else getattr(model, "module", None)
+        seen += 1
+    return None
+
+
+def allocator_state(tuner: Any) -> dict[str, Any]:
+    allocator = tuner.rankallocator
+    state = {key: {n: t.detach().cpu() for n, t in getattr(allocator, key).items()} for key in _ALLOCATOR_STATE}
+    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+    return state
+
+
+def load_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
+    allocator = tuner.rankallocator
+    device = next(tuner.parameters()).device
+    for key in _ALLOCATOR_STATE:
+        setattr(allocator, key, {n: t.to(device) for n, t in state[key].items()})
+    if state.get("rank_pattern"):
+        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
+class AdaLoraCallback(TrainerCallback):
+    """Runs AdaLoRA's rank allocation under ``transformers.Trainer``: ``Trainer(..., callbacks=[AdaLoraCallback()])``.
+
+    ``resume_from_checkpoint``: checkpoint folder whose allocator state to restore; by default the Trainer's
+    ``output_dir/checkpoint-<global_step>`` when training resumes at a step > 0.
+    """
+
+    def __init__(self, resume_from_checkpoint: str | None = None) -> None:
+        self.resume_from_checkpoint = resume_from_checkpoint
+        self.budget: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        tuner = find_adalora_tuner(model)
+        if tuner is None:
+            warnings.warn("AdaLoraCallback: the model has no AdaLoRA adapter; the callback does nothing.", stacklevel=2)
+            return
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        steps = state.max_steps
+        if steps and steps > 0 and config.total_step != steps:
+            if config.tinit >= steps - config.tfinal:
+                raise ValueError(
+                    f"AdaLoRA: the Trainer runs {steps} optimizer steps, too few for tinit={config.tinit} + "
+                    f"tfinal={config.tfinal}. Lower tinit/tfinal or train for more steps."
+                )
+            warnings.warn(
+                f"AdaLoRA total_step={config.total_step} but the Trainer runs {steps} optimizer steps; using {steps} "
+                "so that rank allocation ends with training.",
+                stacklevel=2,
+            )
+            config.total_step = steps
+            if hasattr(tuner.rankallocator, "set_total_step"):
+                tuner.rankallocator.set_total_step(steps)
+        checkpoint = self.resume_from_checkpoint
+        if checkpoint is None and state.global_step > 0:
+            checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if checkpoint is not None:
+            path = os.path.join(checkpoint, STATE_FILE)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"AdaLoraCallback: resuming at step {state.global_step} but {path} is missing; rank allocation "
+                    "cannot continue exactly. Pass resume_from_checkpoint=... to the callback."
+                )
+            load_allocator_state(tuner, torch.load(path, map_location="cpu", weights_only=False))
+            logger.info("AdaLoRA rank allocator restored from %s", path)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        tuner = find_adalora_tuner(model)
+        if tuner is None:
+            return
+        step = state.global_step  # optimizer steps completed before this one: 0, 1, ...
+        tuner.update_and_allocate(step)
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        if step < config.total_step - config.tfinal:
+            self.budget, _ = tuner.rankallocator.budget_schedule(step)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if logs is not None and self.budget is not None:
+            logs["adalora_budget"] = self.budget
+
+    def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        tuner = find_adalora_tuner(model)
+        if tuner is None or not state.is_world_process_zero:
+            return
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        os.makedirs(checkpoint, exist_ok=True)
+        torch.save(allocator_state(tuner), os.path.join(checkpoint, STATE_FILE))
+        # PEFT saves AdaLoRA adapters pruned to the current rank pattern. Mid-training that loses the masked
+        # ranks (the allocator may revive them) and the pruned tensors no longer fit the model Trainer resumes
+        # into. Re-save the checkpoint's adapter unpruned (masked ranks have E == 0: same outputs); the pattern
+        # itself is kept in STATE_FILE and restored on resume.
+        peft_model = _find_peft_model(model)
+        config = tuner.peft_config[tuner.trainable_adapter_name]
+        pattern, config.rank_pattern = config.rank_pattern, None
+        try:
+            peft_model.save_pretrained(checkpoint, selected_adapters=[tuner.trainable_adapter_name])
+        finally:
+            config.rank_pattern = pattern
+
+
+def _find_peft_model(model: Any) -> Any:
+    while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
+        model = getattr(model, "module", None)
+    return model

@@ -1,0 +1,134 @@
+"""AdaLoraCallback under transformers.Trainer: allocation per optimizer step, total_step, resume, warnings."""
+
+import warnings
+
+import peft
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from peft_vision_ext import AdaLoraCallback
+
+
+class TinyCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8, 8)
+        self.classifier = nn.Linear(8, 3)
+
+    def forward(self, pixel_values, labels=None):
+        x = torch.relu(self.dw(torch.relu(self.conv(pixel_values))))
+        logits = self.classifier(torch.relu(self.fc(x.mean((2, 3)))))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+def _dataset(n=32):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=generator)
+    y = torch.randint(0, 3, (n,), generator=generator)
+    return [{"pixel_values": x[i], "labels": y[i]} for i in range(n)]
+
+
+def _model(total_step=12):
+    torch.manual_seed(0)
+    config = peft.AdaLoraConfig(init_r=4, target_r=2, tinit=2, tfinal=2, total_step=total_step, deltaT=1,
+                                lora_alpha=4, target_modules=["conv", "dw", "fc"], modules_to_save=["classifier"])
+    return peft.get_peft_model(TinyCNN(), config)
+
+
+def _args(tmp_path, **overrides):
+    kwargs = dict(output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                  learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1, save_steps=6, report_to=[],
+                  use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True)
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+class _RecordSteps(TrainerCallback):
+    def __init__(self):
+        self.steps = []
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def _adapter_state(model):
+    return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()}
+
+
+def test_allocates_once_per_optimizer_step_and_records_rank_pattern(tmp_path, monkeypatch):
+    model = _model()
+    calls = []
+    original = model.base_model.update_and_allocate
+    monkeypatch.setattr(model.base_model, "update_and_allocate", lambda step: (calls.append(step), original(step)))
+    logs_seen = []
+
+    class _Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs_seen.append(dict(logs or {}))
+
+    callbacks = [AdaLoraCallback(), _Logs()]
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=callbacks)
+    trainer.train()
+    assert calls == list(range(12)), "one call per optimizer step (gradient accumulation 2), steps 0..11"
+    rank_pattern = model.peft_config["default"].rank_pattern
+    assert rank_pattern and sum(sum(v) for v in rank_pattern.values()) <= 2 * 3
+    assert any("adalora_budget" in entry for entry in logs_seen)
+
+
+def test_total_step_follows_the_trainer_with_a_warning(tmp_path):
+    model = _model(total_step=100)
+    trainer = Trainer(model=model, args=_args(tmp_path, save_steps=100), train_dataset=_dataset(),
+                      callbacks=[AdaLoraCallback()])
+    with pytest.warns(UserWarning, match="total_step=100 but the Trainer runs 12"):
+        trainer.train()
+    assert model.peft_config["default"].total_step == 12
+    assert model.peft_config["default"].rank_pattern, "allocation finished inside the 12 steps"
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resume_from_checkpoint_ends_like_an_uninterrupted_run(tmp_path):
+    straight = _model()
+    Trainer(model=straight, args=_args(tmp_path / "a"), train_dataset=_dataset(), callbacks=[AdaLoraCallback()]).train()
+
+    interrupted = _model()
+    Trainer(model=interrupted, args=_args(tmp_path / "b"), train_dataset=_dataset(),
+            callbacks=[AdaLoraCallback(), _StopAt(6)]).train()
+    assert (tmp_path / "b" / "checkpoint-6" / "adalora_rank_allocator.pt").exists()
+    resumed = _model()
+    Trainer(model=resumed, args=_args(tmp_path / "b"), train_dataset=_dataset(),
+            callbacks=[AdaLoraCallback()]).train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-6"))
+
+    assert resumed.peft_config["default"].rank_pattern == straight.peft_config["default"].rank_pattern
+    expected, actual = _adapter_state(straight), _adapter_state(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)
+
+
+def test_trainer_without_callback_warns_that_ranks_are_not_allocated(tmp_path):
+    trainer = Trainer(model=_model(), args=_args(tmp_path, max_steps=2, save_steps=100), train_dataset=_dataset())
+    with pytest.warns(UserWarning, match="ranks are not being allocated"):
+        trainer.train()
+
+
+def test_trainer_with_callback_does_not_warn(tmp_path):
+    trainer = Trainer(model=_model(), args=_args(tmp_path, max_steps=12, save_steps=100), train_dataset=_dataset(),
+                      callbacks=[AdaLoraCallback()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "ranks are not being allocated" in str(w.message)]
