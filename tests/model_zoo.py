@@ -141,6 +141,8 @@ EXTRA: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
                         (2, 3, 32, 32)),
     "timm-dinov2": ("timm-vit", _timm("vit_small_patch14_dinov2", img_size=28, depth=2, embed_dim=32, num_heads=2),
                     (2, 3, 28, 28)),
+    # selective-kernel convs are dilated: LoRA (which ignores dilation) must skip them, the others adapt them
+    "timm-skresnet": ("timm-resnet", _timm("skresnet18", layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
     "timm-resnext": ("timm-resnet", _timm("resnext50_32x4d", layers=(1, 1, 1, 1)), (2, 3, 32, 32)),
 }
 

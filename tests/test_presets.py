@@ -108,6 +108,16 @@ def test_preset_config_returns_ready_configs():
         preset_config(model, "lora", "mlp", target_modules=["x"])
 
 
+def test_lora_presets_skip_dilated_convs_that_peft_lora_cannot_run():
+    _, build, _ = CASES["timm-skresnet"]
+    model = build()
+    dilated = {n for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and m.dilation != (1, 1) and m.groups == 1}
+    assert dilated
+    assert not dilated & set(resolve_targets(model, "conv", method="lora"))
+    assert dilated <= set(resolve_targets(model, "conv", method="adalora"))
+
+
 def test_transformers_presets_follow_the_installed_generation():
     import transformers
 

@@ -40,13 +40,14 @@ PRESETS: dict[str, Preset] = {
 #: Layer kinds each PEFT method can wrap -> first PEFT release where it works (measured: LoHa/LoKr read
 #: grouped conv weights with the wrong shape before 0.20). AdaLoRA's Conv2d support (any groups) is provided
 #: by this plugin on every version. Only LoRA wraps a whole nn.MultiheadAttention. LoRA on grouped convs needs
-#: the rank to divide ``groups``, so presets leave those to explicit targets.
+#: the rank to divide ``groups``, so presets leave those to explicit targets; LoRA's conv ignores ``dilation``
+#: (its lora_A output has the wrong size: measured on timm skresnet18), so presets skip dilated convs for LoRA.
 METHOD_LAYER_SUPPORT: dict[str, dict[str, str]] = {
     "lora": {"linear": "0.15", "conv2d": "0.15", "mha": "0.15"},
-    "loha": {"linear": "0.15", "conv2d": "0.15", "conv2d-grouped": "0.20"},
-    "lokr": {"linear": "0.15", "conv2d": "0.15", "conv2d-grouped": "0.20"},
-    "adalora": {"linear": "0.15", "conv2d": "0.15", "conv2d-grouped": "0.15"},
-    "ia3": {"linear": "0.15", "conv2d": "0.15", "conv2d-grouped": "0.21"},
+    "loha": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.20"},
+    "lokr": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.20"},
+    "adalora": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.15"},
+    "ia3": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.21"},
 }
 
 

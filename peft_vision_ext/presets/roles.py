@@ -78,7 +78,7 @@ class LayerInfo:
 
     name: str
     role: Role
-    layer_kind: str  # "linear" | "conv2d" | "conv2d-grouped" | "mha" | "norm"
+    layer_kind: str  # "linear" | "conv2d" | "conv2d-dilated" | "conv2d-grouped" | "mha" | "norm"
     layer_type: str  # class name: "Linear", "Conv2d", "NonDynamicallyQuantizableLinear", ...
     params: int
     groups: int = 1
@@ -91,7 +91,9 @@ def _layer_kind(module: nn.Module) -> str:
     if _is_linear(module):
         return "linear"
     if isinstance(module, nn.Conv2d):
-        return "conv2d-grouped" if module.groups > 1 else "conv2d"
+        if module.groups > 1:
+            return "conv2d-grouped"
+        return "conv2d-dilated" if tuple(module.dilation) != (1, 1) else "conv2d"
     return "norm"
 
 
