@@ -234,6 +234,40 @@ def _install_adalora_trainer_warning() -> None:
     PeftModel.forward = forward
 
 
+# --------------------------------------------------------------------------------------------------
+# AdaLoRA's RankAllocator state (no public API in PEFT: ipt, exp_avg_ipt, exp_avg_unc dicts keyed by
+# parameter name, identical from 0.15 to 0.21). AdaLoraCallback saves/restores it with Trainer checkpoints.
+# --------------------------------------------------------------------------------------------------
+_ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def rank_allocator_state(tuner: Any) -> dict[str, Any]:
+    allocator = tuner.rankallocator
+    state: dict[str, Any] = {
+        key: {name: t.detach().cpu() for name, t in getattr(allocator, key).items()} for key in _ALLOCATOR_STATE
+    }
+    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+    return state
+
+
+def load_rank_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
+    allocator = tuner.rankallocator
+    device = next(tuner.parameters()).device
+    for key in _ALLOCATOR_STATE:
+        setattr(allocator, key, {name: t.to(device) for name, t in state[key].items()})
+    if state.get("rank_pattern"):
+        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
+def adalora_budget(tuner: Any, step: int) -> int | None:
+    """The rank budget AdaLoRA's schedule sets at ``step`` (None once the final pattern is fixed)."""
+    config = tuner.peft_config[tuner.trainable_adapter_name]
+    if step >= config.total_step - config.tfinal:
+        return None
+    budget, _ = tuner.rankallocator.budget_schedule(step)
+    return int(budget)
+
+
 HOOKS: tuple[Hook, ...] = (
     Hook(
         name="vision-default-targets",

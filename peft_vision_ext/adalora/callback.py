@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state
+
 logger = logging.getLogger("peft_vision_ext")
 
 STATE_FILE = "adalora_rank_allocator.pt"
-_ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 def find_adalora_tuner(model: Any) -> Any:
@@ -35,22 +36,6 @@ def find_adalora_tuner(model: Any) -> Any:
         model = getattr(model, "base_model", None) if hasattr(model, "peft_config") else getattr(model, "module", None)
         seen += 1
     return None
-
-
-def allocator_state(tuner: Any) -> dict[str, Any]:
-    allocator = tuner.rankallocator
-    state = {key: {n: t.detach().cpu() for n, t in getattr(allocator, key).items()} for key in _ALLOCATOR_STATE}
-    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
-    return state
-
-
-def load_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
-    allocator = tuner.rankallocator
-    device = next(tuner.parameters()).device
-    for key in _ALLOCATOR_STATE:
-        setattr(allocator, key, {n: t.to(device) for n, t in state[key].items()})
-    if state.get("rank_pattern"):
-        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -95,7 +80,7 @@ class AdaLoraCallback(TrainerCallback):
                     f"AdaLoraCallback: resuming at step {state.global_step} but {path} is missing; rank allocation "
                     "cannot continue exactly. Pass resume_from_checkpoint=... to the callback."
                 )
-            load_allocator_state(tuner, torch.load(path, map_location="cpu", weights_only=False))
+            load_rank_allocator_state(tuner, torch.load(path, map_location="cpu", weights_only=False))
             logger.info("AdaLoRA rank allocator restored from %s", path)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -104,9 +89,7 @@ class AdaLoraCallback(TrainerCallback):
             return
         step = state.global_step  # optimizer steps completed before this one: 0, 1, ...
         tuner.update_and_allocate(step)
-        config = tuner.peft_config[tuner.trainable_adapter_name]
-        if step < config.total_step - config.tfinal:
-            self.budget, _ = tuner.rankallocator.budget_schedule(step)
+        self.budget = adalora_budget(tuner, step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs is not None and self.budget is not None:
@@ -118,7 +101,7 @@ class AdaLoraCallback(TrainerCallback):
             return
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(checkpoint, exist_ok=True)
-        torch.save(allocator_state(tuner), os.path.join(checkpoint, STATE_FILE))
+        torch.save(rank_allocator_state(tuner), os.path.join(checkpoint, STATE_FILE))
         # PEFT saves AdaLoRA adapters pruned to the current rank pattern. Mid-training that loses the masked
         # ranks (the allocator may revive them) and the pruned tensors no longer fit the model Trainer resumes
         # into. Re-save the checkpoint's adapter unpruned (masked ranks have E == 0: same outputs); the pattern
