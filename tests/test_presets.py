@@ -213,3 +213,12 @@ def test_registering_a_family_is_a_few_lines():
         assert len(peft_model.peft_config["default"].target_modules) == 8
     finally:
         _FAMILIES.pop("my-vit", None)
+
+
+def test_readme_presets_table_is_rendered_from_the_data():
+    import pathlib
+
+    from peft_vision_ext.presets.catalog import presets_markdown
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert presets_markdown() in readme, "README presets table differs from PRESETS: paste presets_markdown()"

@@ -57,3 +57,10 @@ def method_layer_kinds(method: str, peft_version: Version) -> frozenset[str] | N
     if support is None:
         return None
     return frozenset(kind for kind, since in support.items() if peft_version >= Version(since))
+
+
+def presets_markdown() -> str:
+    """The presets table of the README (a test keeps the two identical)."""
+    rows = ["| preset | selects |", "|---|---|"]
+    rows += [f"| `{p.name}` | {p.description} |" for p in PRESETS.values()]
+    return "\n".join(rows)
