@@ -124,3 +124,24 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "peft_vision_ext", "env"], capture_output=True, text=True,
                          cwd=REPO, check=True)
     assert "add-ons active" in out.stdout
+
+
+def test_cli_presets_for_a_local_transformers_config_and_torchvision(tmp_path, capsys):
+    import transformers
+
+    transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           image_size=32, patch_size=8, num_labels=3).save_pretrained(tmp_path)
+    assert cli_main(["presets", f"hf:{tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "family hf-vit" in out and "| attention *" in out and "classifier" in out
+    assert cli_main(["presets", "torchvision:mobilenet_v3_small", "--method", "loha"]) == 0
+    assert "family tv-mobilenet" in capsys.readouterr().out
+
+
+def test_bad_model_spec_is_a_clear_error():
+    from peft_vision_ext.models import build_model
+
+    with pytest.raises(ValueError, match="timm:NAME, torchvision:NAME or hf:PATH_OR_TYPE"):
+        build_model("resnet18")
+    with pytest.raises(ValueError, match="Unknown model library 'keras'"):
+        build_model("keras:resnet")
