@@ -63,8 +63,19 @@ def transformers_cases() -> dict[str, callable]:
         for model_type, class_name in sorted(names.items()):
             if isinstance(class_name, (list, tuple)):
                 class_name = class_name[0]
+            if _main_input(class_name) != "pixel_values":
+                continue  # token-input models (ImageGPT, ShieldGemma2): not image backbones for presets
             cases[f"hf:{task}:{model_type}"] = (lambda t=model_type, c=class_name, shrink=True: _hf_model(t, c, shrink))
     return cases
+
+
+def _main_input(class_name: str) -> str:
+    import transformers
+
+    try:
+        return getattr(getattr(transformers, class_name), "main_input_name", "pixel_values")
+    except (ImportError, AttributeError):
+        return "pixel_values"  # let the case itself report the import problem
 
 
 def _shrink(config) -> None:
@@ -73,7 +84,7 @@ def _shrink(config) -> None:
     for attr in ("num_hidden_layers", "num_layers", "encoder_layers"):
         if isinstance(getattr(config, attr, None), int) and getattr(config, attr) > 2:
             setattr(config, attr, 2)
-    for sub in ("backbone_config", "vision_config"):
+    for sub in ("backbone_config", "vision_config", "text_config"):
         if getattr(config, sub, None) is not None:
             _shrink(getattr(config, sub))
 

@@ -110,6 +110,7 @@ for _entry in (
     VisionFamily("hf-swin", "transformers", _T, model_types=("swin", "swinv2")),
     VisionFamily("hf-convnext", "transformers", _H, model_types=("convnext", "convnextv2")),
     VisionFamily("hf-resnet", "transformers", _C, model_types=("resnet",)),
+    VisionFamily("hf-mobilenet", "transformers", _C, model_types=("mobilenet_v1", "mobilenet_v2")),
     VisionFamily("hf-segformer", "transformers", _T, model_types=("segformer",)),
     VisionFamily("hf-dpt", "transformers", _T, model_types=("dpt",)),
     VisionFamily("hf-clip-vision", "transformers", _T,
