@@ -92,12 +92,12 @@ def _shrink(config) -> None:
 def _hf_model(model_type: str, class_name: str, shrink: bool = True):
     import transformers
 
-    config = transformers.AutoConfig.for_model(model_type)
-    if shrink:
+    # BEiT's segmentation head needs four distinct backbone layers (its default config names none).
+    extra = {"out_indices": [1, 2, 3, 4], "num_hidden_layers": 4} if class_name == "BeitForSemanticSegmentation" else {}
+    config = transformers.AutoConfig.for_model(model_type, **extra)
+    if shrink and not extra:
         _shrink(config)
     config.num_labels = 10
-    if class_name == "BeitForSemanticSegmentation" and not getattr(config, "out_indices", None):
-        config.out_indices = [3, 5, 7, 11][: config.num_hidden_layers] if not shrink else [0, 1, 1, 1]
     model = getattr(transformers, class_name)(config)
     if model_type == "siglip2":  # NaFlex: patchified pixels plus a mask and the patch grid
         vision = config.vision_config
