@@ -83,10 +83,9 @@ def translate_config(model: nn.Module, config: Any, matches: Any) -> dict[str, s
     if saved:
         new_saved: list[str] = []
         for entry in saved:
-            if any(name.endswith(entry) for name in current):
-                new_saved.append(entry)
-            else:
-                new_saved.extend(new for new, old in mapping.items() if old.endswith(entry)) or new_saved.append(entry)
+            renamed = [new for new, old in mapping.items() if old.endswith(entry)]
+            keep = any(name.endswith(entry) for name in current) or not renamed
+            new_saved.extend([entry] if keep else renamed)
         config.modules_to_save = new_saved
     logger.warning(
         "peft-vision-ext: this adapter names transformers 4.x modules (%s); translated target_modules to the "

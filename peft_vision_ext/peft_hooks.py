@@ -4,8 +4,9 @@ Every hook below is listed in :data:`HOOKS` with the PEFT versions it applies to
 :func:`install` is idempotent: importing ``peft_vision_ext`` twice, or calling ``install()`` again, changes
 nothing. Other modules never monkeypatch PEFT; they add a hook here.
 
-Hooks never change PEFT's behaviour for models and configs the plugin has nothing to add to: each one
-hands the call straight to PEFT unless the model is a vision model PEFT cannot serve on its own.
+Hooks never change PEFT's behaviour for models and configs the plugin has nothing to add to: each one hands
+the call straight to PEFT unless it has something to add (a vision default preset, transformers-4 names in an
+adapter, a conv layer PEFT lacks or gets wrong, a missed AdaLoRA allocation).
 """
 
 from __future__ import annotations

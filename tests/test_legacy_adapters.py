@@ -42,3 +42,20 @@ def test_current_adapters_are_not_translated(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="peft_vision_ext"):
         peft.PeftModel.from_pretrained(fresh, tmp_path)
     assert not [r for r in caplog.records if "transformers 4.x" in r.getMessage()]
+
+
+def test_renamed_modules_to_save_are_translated_and_existing_ones_kept():
+    import pytest
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from peft_vision_ext.legacy_names import translate_config
+
+    if transformers.__version__.startswith("4."):
+        pytest.skip("nothing is renamed on transformers 4")
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8, num_labels=3)
+    model = transformers.ViTForImageClassification(config)
+    lora = peft.LoraConfig(r=2, target_modules=["query"], modules_to_save=["intermediate.dense", "classifier"])
+    assert translate_config(model, lora, check_target_module_exists)
+    assert set(lora.target_modules) == {"vit.layers.0.attention.q_proj", "vit.layers.1.attention.q_proj"}
+    assert lora.modules_to_save == ["vit.layers.0.mlp.fc1", "vit.layers.1.mlp.fc1", "classifier"]
