@@ -109,15 +109,9 @@ def translate_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[s
         match = _ADAPTER_KEY_PART.search(key)
         if match is not None:
             path, rest = key[: match.start()], key[match.start():]
-            prefix = ""
-            for candidate in ("base_model.model.", ""):
-                if path.startswith(candidate) and path[len(candidate):] in old_to_new:
-                    prefix = candidate
-                    break
-            else:
-                candidate = None
+            prefix = "base_model.model." if path.startswith("base_model.model.") else ""
             module = path[len(prefix):]
-            if candidate is not None and path not in existing and f"base_model.model.{module}" not in existing:
+            if module in old_to_new and module not in existing:
                 new_key = f"{prefix}{old_to_new[module]}{rest}"
                 changed += 1
         renamed[new_key] = value

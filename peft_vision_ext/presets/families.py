@@ -9,6 +9,7 @@ structural family (``generic-transformer`` / ``generic-cnn`` / ``generic-hybrid`
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ HEAD_ATTRIBUTES = ("classifier", "head", "heads", "fc", "decode_head", "auxiliar
 class VisionFamily:
     name: str
     library: Library
-    kind: Kind
+    kind: Kind | None  # None: decided by the model's structure (UperNet follows its backbone)
     classes: tuple[str, ...] = ()  # root module class names
     model_types: tuple[str, ...] = ()  # transformers config.model_type
     description: str = ""
@@ -57,7 +58,7 @@ class VisionFamily:
         return type(model).__name__ in self.classes
 
     def default_preset(self, method: str) -> str | None:
-        return self.defaults.get(method) or KIND_DEFAULTS[self.kind].get(method)
+        return self.defaults.get(method) or KIND_DEFAULTS.get(self.kind or "", {}).get(method)
 
 
 _FAMILIES: dict[str, VisionFamily] = {}
@@ -115,8 +116,7 @@ for _entry in (
     VisionFamily("hf-dpt", "transformers", _T, model_types=("dpt",)),
     VisionFamily("hf-clip-vision", "transformers", _T,
                  model_types=("clip_vision_model", "clip", "siglip_vision_model", "siglip", "siglip2_vision_model")),
-    # UperNet's kind follows its backbone; see detect_family.
-    VisionFamily("hf-upernet", "transformers", _T, model_types=("upernet",)),
+    VisionFamily("hf-upernet", "transformers", None, model_types=("upernet",)),
     # torchvision
     VisionFamily("tv-resnet", "torchvision", _C, ("ResNet",)),
     # Its attention is an nn.MultiheadAttention, which only LoRA can wrap: the others default to the MLP.
@@ -205,8 +205,8 @@ def detect_family(model: nn.Module) -> Detection | None:
     layers = infer_layers(model, heads, overrides)
     kind = _structural_kind(layers)
     if family is not None:
-        if family.name == "hf-upernet" and kind is not None and kind != family.kind:
-            family = VisionFamily(family.name, family.library, kind, model_types=family.model_types)
+        if family.kind is None:
+            family = dataclasses.replace(family, kind=kind or "transformer")
         return Detection(family, True, heads, tuple(layers))
     if kind is None:
         return None
