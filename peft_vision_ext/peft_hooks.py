@@ -260,6 +260,13 @@ def load_rank_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
         tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
 
 
+def set_adalora_total_step(tuner: Any, steps: int) -> None:
+    """Make the config and the RankAllocator (which may keep its own copy) agree on ``total_step``."""
+    tuner.peft_config[tuner.trainable_adapter_name].total_step = steps
+    if hasattr(tuner.rankallocator, "set_total_step"):
+        tuner.rankallocator.set_total_step(steps)
+
+
 def adalora_budget(tuner: Any, step: int) -> int | None:
     """The rank budget AdaLoRA's schedule sets at ``step`` (None once the final pattern is fixed)."""
     config = tuner.peft_config[tuner.trainable_adapter_name]

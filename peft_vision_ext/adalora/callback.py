@@ -18,24 +18,26 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state
+from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 
 logger = logging.getLogger("peft_vision_ext")
 
 STATE_FILE = "adalora_rank_allocator.pt"
 
 
+def _find_peft_model(model: Any) -> Any:
+    """The PeftModel inside ``model`` (possibly wrapped by DDP/accelerate as ``.module``), or ``None``."""
+    while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
+        model = getattr(model, "module", None)
+    return model
+
+
 def find_adalora_tuner(model: Any) -> Any:
     """The AdaLoraModel inside ``model`` (a PeftModel, possibly wrapped by DDP/accelerate), or ``None``."""
     from peft.tuners.adalora import AdaLoraModel
 
-    seen = 0
-    while model is not None and seen < 5:
-        if isinstance(model, AdaLoraModel):
-            return model
-        model = getattr(model, "base_model", None) if hasattr(model, "peft_config") else getattr(model, "module", None)
-        seen += 1
-    return None
+    tuner = getattr(_find_peft_model(model), "base_model", None)
+    return tuner if isinstance(tuner, AdaLoraModel) else None
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -67,9 +69,7 @@ class AdaLoraCallback(TrainerCallback):
                 "so that rank allocation ends with training.",
                 stacklevel=2,
             )
-            config.total_step = steps
-            if hasattr(tuner.rankallocator, "set_total_step"):
-                tuner.rankallocator.set_total_step(steps)
+            set_adalora_total_step(tuner, steps)
         checkpoint = self.resume_from_checkpoint
         if checkpoint is None and state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -113,9 +113,3 @@ class AdaLoraCallback(TrainerCallback):
             peft_model.save_pretrained(checkpoint, selected_adapters=[tuner.trainable_adapter_name])
         finally:
             config.rank_pattern = pattern
-
-
-def _find_peft_model(model: Any) -> Any:
-    while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
-        model = getattr(model, "module", None)
-    return model
