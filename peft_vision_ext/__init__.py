@@ -8,7 +8,14 @@ see :mod:`peft_vision_ext.peft_hooks`). Afterwards plain PEFT understands vision
 from __future__ import annotations
 
 from . import peft_hooks
-from .errors import EmptyPresetError, NotAVisionModelError, PresetError, UnknownPresetError
+from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
+from .errors import (
+    EmptyPresetError,
+    NotAVisionModelError,
+    PresetError,
+    UnknownPresetError,
+    UnsupportedCombinationError,
+)
 from .presets import (
     PRESETS,
     VisionFamily,
@@ -33,7 +40,8 @@ __all__ = [
     "__version__", "register", "AdaLoraCallback",
     "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
-    "NotAVisionModelError",
+    "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
+    "matrix_markdown", "LayerKind",
 ]
 
 

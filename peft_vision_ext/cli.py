@@ -1,4 +1,5 @@
-"""Command line: ``peft-vision`` / ``python -m peft_vision_ext`` with subcommands env, presets, train."""
+"""Command line: ``peft-vision`` / ``python -m peft_vision_ext`` with subcommands env, presets, check, matrix,
+recommend and train."""
 
 from __future__ import annotations
 
@@ -19,6 +20,73 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
     model = build_model(args.model, num_classes=args.num_classes)
     print(presets_table(model, method=args.method, rank=args.rank))
+    return 0
+
+
+def _config_from_args(model: object, args: argparse.Namespace) -> object:
+    from .presets import preset_config
+
+    kwargs: dict = {}
+    if args.rank is not None:
+        kwargs["init_r" if args.method == "adalora" else "r"] = args.rank
+    if args.method == "adalora":
+        kwargs["total_step"] = 1000
+    if args.target_modules:
+        kwargs["target_modules"] = args.target_modules.split(",")
+        return _explicit_config(args.method, kwargs)
+    return preset_config(model, args.method, args.preset, **kwargs)
+
+
+def _explicit_config(method: str, kwargs: dict) -> object:
+    import peft
+
+    classes = {"lora": peft.LoraConfig, "loha": peft.LoHaConfig, "lokr": peft.LoKrConfig,
+               "adalora": peft.AdaLoraConfig, "ia3": peft.IA3Config, "oft": peft.OFTConfig,
+               "boft": peft.BOFTConfig, "vera": peft.VeraConfig, "fourierft": peft.FourierFTConfig}
+    if method == "ia3":
+        kwargs.pop("r", None)
+    return classes[method](**kwargs)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .compat import check
+    from .models import build_model
+
+    model = build_model(args.model, num_classes=args.num_classes)
+    report = check(model, _config_from_args(model, args))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from .compat.matrix import matrix_markdown
+
+    if not args.verify:
+        print(matrix_markdown())
+        return 0
+    from .compat.matrix import KINDS, METHODS, entry
+    from .compat.verify import run_cell
+    from .versions import peft_version
+
+    failures = 0
+    for method in METHODS:
+        for kind in KINDS:
+            run = run_cell(method, kind)
+            item = entry(method, kind, peft_version())
+            outcome = "ok" if run.ok else f"stopped at {run.failed_stage}: {run.error.splitlines()[0][:100]}"
+            refused = "UnsupportedCombinationError" in run.error
+            failures += not (run.ok or refused)
+            print(f"{method:<10} {kind.value:<15} {item.train.status.value if item else '?':<24} {outcome}")
+    print(f"{failures} cells failed outside a refusal")
+    return 1 if failures else 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from .compat import recommend
+    from .models import build_model
+
+    model = build_model(args.model, num_classes=args.num_classes)
+    print(recommend(model, quantization=args.quantization, memory=args.memory).render())
     return 0
 
 
@@ -47,6 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("--rank", type=int, default=8, help="adapter rank for the parameter counts")
     presets.add_argument("--num-classes", type=int, default=None, help="size of the classification head")
     presets.set_defaults(func=_cmd_presets)
+
+    methods = ["lora", "loha", "lokr", "adalora", "ia3", "oft", "boft", "vera", "fourierft"]
+    check = commands.add_parser("check", help="dry run: per targeted module its layer kind, whether the method can "
+                                "train/merge it, adapter vs base parameters (exit 1 when refused)")
+    check.add_argument("model", help="timm:NAME, torchvision:NAME or hf:PATH_OR_MODEL_TYPE (random init)")
+    check.add_argument("--method", default="lora", choices=methods)
+    check.add_argument("--preset", default=None, help="preset name (default: the family's default)")
+    check.add_argument("--target-modules", default=None, help="comma-separated names, instead of a preset")
+    check.add_argument("--rank", type=int, default=None)
+    check.add_argument("--num-classes", type=int, default=None, help="size of the classification head")
+    check.set_defaults(func=_cmd_check)
+
+    matrix = commands.add_parser("matrix", help="the compatibility matrix as markdown (as in the README)")
+    matrix.add_argument("--verify", action="store_true",
+                        help="run every cell on tiny layers with the installed PEFT instead of printing")
+    matrix.set_defaults(func=_cmd_matrix)
+
+    recommend = commands.add_parser("recommend", help="method, preset, config and learning rate for a model")
+    recommend.add_argument("model", help="timm:NAME, torchvision:NAME or hf:PATH_OR_MODEL_TYPE (random init)")
+    recommend.add_argument("--quantization", choices=["4bit", "8bit"], default=None)
+    recommend.add_argument("--memory", choices=["low", "normal", "high"], default=None)
+    recommend.add_argument("--num-classes", type=int, default=None)
+    recommend.set_defaults(func=_cmd_recommend)
 
     train = commands.add_parser("train", help="quick start: MobileNetV2 (ImageNet) -> MNIST with an adapter")
     train.add_argument("--method", default="lora", choices=["lora", "loha", "lokr", "adalora"])

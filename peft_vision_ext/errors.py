@@ -17,3 +17,16 @@ class EmptyPresetError(PresetError):
 
 class NotAVisionModelError(PresetError):
     """No family could be detected and structure shows nothing adaptable."""
+
+
+class UnsupportedCombinationError(ValueError):
+    """A PEFT method refused on some layers by the compatibility matrix, before the model was touched.
+
+    ``refusals`` maps (layer kind, reason, what to use instead) to the module paths concerned.
+    """
+
+    def __init__(self, message: str, method: str, operation: str, refusals: dict[tuple[str, str, str], list[str]]):
+        super().__init__(message)
+        self.method = method
+        self.operation = operation
+        self.refusals = refusals

@@ -104,12 +104,41 @@ def _install_default_targets() -> None:
 
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        from .compat.enforce import enforce_injection
+
         fill_vision_defaults(self, model, adapter_name)
         translate_legacy_targets(self, model, adapter_name)
+        # The compatibility matrix: refuse before PEFT replaces the first module (see _install_matrix_merge).
+        enforce_injection(model, self.peft_config[adapter_name])
         return original(self, model, adapter_name, *args, **kwargs)
 
     setattr(inject_adapter, _MARK, True)
     BaseTuner.inject_adapter = inject_adapter
+
+
+def targeted_modules(model: Any, config: Any) -> list[tuple[str, Any]]:
+    """(path, module) of every module ``config`` targets on ``model``, as PEFT's injection will match them.
+
+    Modules inside PEFT's own wrappers (base_layer, lora_A, modules_to_save copies) are skipped, like PEFT does;
+    an already-wrapped target is returned as its wrapper. ``all-linear`` is expanded with PEFT's own helper.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+
+    if getattr(config, "target_modules", None) is None:
+        return []
+    try:
+        config = _maybe_include_all_linear_layers(copy.copy(config), model)
+    except ValueError:
+        return []  # PEFT raises its own error for this config when it injects
+    found, inside = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside) or "modules_to_save" in name.split("."):
+            continue
+        if name and check_target_module_exists(config, name):
+            found.append((name, module))
+        if isinstance(module, BaseTunerLayer) or type(module).__name__ == "ModulesToSaveWrapper":
+            inside.append(name + ".")
+    return found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,6 +340,66 @@ def _install_conv_attributes() -> None:
                 setattr(cls, attribute, forwarded(attribute))
 
 
+# --------------------------------------------------------------------------------------------------
+# Hook: the compatibility matrix at merge time (injection is checked in the inject_adapter hook above)
+# --------------------------------------------------------------------------------------------------
+def _tuner_classes() -> list[type]:
+    from peft.tuners.tuners_utils import BaseTuner
+
+    found, pending = [], [BaseTuner]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def _install_matrix_merge() -> None:
+    # Why: several methods crash halfway through a merge into bitsandbytes or grouped-conv layers (leaving some
+    # layers merged, some not) or silently merge wrong. Every merge path goes through BaseTuner.merge_adapter or a
+    # tuner's _unload_and_optionally_merge(merge=True) (merge_and_unload); in 0.17 each tuner defines its own, in
+    # 0.21 BaseTuner does and a few override, so every class defining one is wrapped. The check runs first.
+    from .compat.enforce import enforce_injection, enforce_merge
+
+    def argument(args: tuple, kwargs: dict, name: str, position: int | None, default: Any) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        return args[position] if position is not None and len(args) > position else default
+
+    def guard(original: Callable[..., Any], merge_position: int | None, names_position: int) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if argument(args, kwargs, "merge", merge_position, True):
+                enforce_merge(self, argument(args, kwargs, "adapter_names", names_position, None))
+            return original(self, *args, **kwargs)
+
+        setattr(guarded, _MARK, True)
+        return guarded
+
+    def checked_before_injection(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def _pre_injection_hook(self: Any, model: Any, config: Any, *args: Any, **kwargs: Any) -> Any:
+            enforce_injection(model, config)
+            return original(self, model, config, *args, **kwargs)
+
+        setattr(_pre_injection_hook, _MARK, True)
+        return _pre_injection_hook
+
+    for cls in _tuner_classes():
+        # VeRA (and other shared-weight tuners) inspect the targets in _pre_injection_hook, before inject_adapter:
+        # the matrix has to answer first there too, so their refusals read like every other one.
+        original = cls.__dict__.get("_pre_injection_hook")
+        if original is not None and not getattr(original, _MARK, False):
+            cls._pre_injection_hook = checked_before_injection(original)
+        # merge_adapter(adapter_names, safe_merge); _unload_and_optionally_merge(merge, progressbar, safe_merge,
+        # adapter_names) -- the same positions on every supported PEFT version.
+        for name, merge_position, names_position in (("merge_adapter", None, 0),
+                                                     ("_unload_and_optionally_merge", 0, 3)):
+            original = cls.__dict__.get(name)
+            if original is not None and not getattr(original, _MARK, False):
+                setattr(cls, name, guard(original, merge_position, names_position))
+
+
 HOOKS: tuple[Hook, ...] = (
     Hook(
         name="vision-default-targets",
@@ -339,6 +428,13 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_adalora_trainer_warning,
+    ),
+    Hook(
+        name="matrix-guards",
+        why="combinations the compatibility matrix refuses raise before PEFT's pre-injection step or any merge",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_matrix_merge,
     ),
     Hook(
         name="conv-wrapper-attributes",

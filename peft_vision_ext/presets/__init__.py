@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import EmptyPresetError, NotAVisionModelError, UnknownPresetError
 from ..versions import peft_version
-from .catalog import METHOD_LAYER_SUPPORT, PRESETS, Preset, method_layer_kinds
+from .catalog import PRESETS, SUPPORTED_METHODS, Preset, method_layer_kinds
 from .families import Detection, VisionFamily, detect_family, families, register_family
 from .roles import LayerInfo, Role
 
@@ -24,7 +24,6 @@ __all__ = [
     "SUPPORTED_METHODS",
 ]
 
-SUPPORTED_METHODS = tuple(METHOD_LAYER_SUPPORT)
 
 
 def _detect(model: nn.Module) -> Detection:

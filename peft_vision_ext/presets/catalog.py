@@ -37,26 +37,17 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
-#: Layer kinds each PEFT method can wrap -> first PEFT release where it works (measured: LoHa/LoKr read
-#: grouped conv weights with the wrong shape before 0.20). AdaLoRA's Conv2d support (any groups) is provided
-#: by this plugin on every version. Only LoRA wraps a whole nn.MultiheadAttention. LoRA on grouped convs needs
-#: the rank to divide ``groups``, so presets leave those to explicit targets; LoRA's conv ignores ``dilation``
-#: (its lora_A output has the wrong size: measured on timm skresnet18), so presets skip dilated convs for LoRA.
-METHOD_LAYER_SUPPORT: dict[str, dict[str, str]] = {
-    "lora": {"linear": "0.15", "conv2d": "0.15", "mha": "0.15"},
-    "loha": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.20"},
-    "lokr": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.20"},
-    "adalora": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.15"},
-    "ia3": {"linear": "0.15", "conv2d": "0.15", "conv2d-dilated": "0.15", "conv2d-grouped": "0.21"},
-}
+#: The methods presets resolve defaults for (the first five of the compatibility matrix).
+SUPPORTED_METHODS: tuple[str, ...] = ("lora", "loha", "lokr", "adalora", "ia3")
 
 
 def method_layer_kinds(method: str, peft_version: Version) -> frozenset[str] | None:
-    """Layer kinds ``method`` can wrap on ``peft_version``; ``None`` for a method we know nothing about."""
-    support = METHOD_LAYER_SUPPORT.get(method)
-    if support is None:
-        return None
-    return frozenset(kind for kind, since in support.items() if peft_version >= Version(since))
+    """Layer kinds a preset may give ``method`` on ``peft_version``: those the compatibility matrix lets it train
+    unconditionally (so LoRA never gets grouped or dilated convs from a preset); ``None`` for an unknown method."""
+    from ..compat.matrix import Operation, kinds_supporting
+
+    kinds = kinds_supporting(method, Operation.TRAIN, peft_version)
+    return None if kinds is None else frozenset(kind.value for kind in kinds)
 
 
 def presets_markdown() -> str:

@@ -15,6 +15,9 @@ from enum import Enum
 
 from torch import nn
 
+from ..compat.kinds import LayerKind, layer_kind
+from ..compat.kinds import is_linear as _is_linear
+
 
 class Role(str, Enum):
     Q = "q"
@@ -78,7 +81,7 @@ class LayerInfo:
 
     name: str
     role: Role
-    layer_kind: str  # "linear" | "conv2d" | "conv2d-dilated" | "conv2d-grouped" | "mha" | "norm"
+    layer_kind: str  # a compat.kinds.LayerKind value, or "norm" for norms and heads of other types
     layer_type: str  # class name: "Linear", "Conv2d", "NonDynamicallyQuantizableLinear", ...
     params: int
     groups: int = 1
@@ -86,20 +89,8 @@ class LayerInfo:
 
 
 def _layer_kind(module: nn.Module) -> str:
-    if isinstance(module, nn.MultiheadAttention):
-        return "mha"
-    if _is_linear(module):
-        return "linear"
-    if isinstance(module, nn.Conv2d):
-        if module.groups > 1:
-            return "conv2d-grouped"
-        return "conv2d-dilated" if tuple(module.dilation) != (1, 1) else "conv2d"
-    return "norm"
-
-
-def _is_linear(module: nn.Module) -> bool:
-    # transformers' Conv1D (GPT-2 style, weight stored transposed) is a Linear for PEFT (fan_in_fan_out).
-    return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+    kind = layer_kind(module)
+    return "norm" if kind is LayerKind.OTHER else kind.value
 
 
 def _features(module: nn.Module) -> tuple[int, int]:

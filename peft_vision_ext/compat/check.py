@@ -1,0 +1,315 @@
+"""``check(model, config)``: what the matrix says about every module a PEFT config would adapt, before any is.
+
+The same report drives the refusals inside ``get_peft_model`` & co. (see :mod:`peft_vision_ext.peft_hooks`),
+so a dry run and the real call can never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedCombinationError
+from ..versions import peft_version
+from .kinds import LayerKind, layer_kind
+from .matrix import ADVICE, METHOD_NAMES, Entry, Operation, Status, Verdict, entry
+
+_UNVERIFIED = Verdict(Status.UNVERIFIED, "not covered by the compatibility matrix: passed through to PEFT unverified")
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def allow_unsupported() -> Iterator[None]:
+    """Turn refusals off inside the block (at your own risk: refused cells crash late or give wrong results)."""
+    depth = getattr(_state, "bypass", 0)
+    _state.bypass = depth + 1
+    try:
+        yield
+    finally:
+        _state.bypass = depth
+
+
+def enforcing() -> bool:
+    return getattr(_state, "bypass", 0) == 0
+
+
+def method_name(config: Any) -> str:
+    peft_type = getattr(config, "peft_type", None)
+    return str(getattr(peft_type, "value", peft_type) or "").lower()
+
+
+@dataclass(frozen=True)
+class ModuleCheck:
+    """One targeted module: its layer kind and the verdicts for training (and save/load) and merging."""
+
+    path: str
+    kind: LayerKind
+    train: Verdict
+    merge: Verdict
+    base_params: int
+    adapter_params: int | None = None  # None: not counted (refused, or a layer type we cannot stand in for)
+
+
+@dataclass
+class CompatReport:
+    method: str
+    peft_version: str
+    modules: list[ModuleCheck]
+    total_params: int
+    modules_to_save: list[str] = field(default_factory=list)
+    modules_to_save_params: int = 0
+    advice: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def refused(self, operation: Operation = Operation.TRAIN) -> list[ModuleCheck]:
+        return [m for m in self.modules if getattr(m, "merge" if operation is Operation.MERGE else "train").status
+                is Status.REFUSED]
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused(Operation.TRAIN)
+
+    @property
+    def adapter_params(self) -> int:
+        return sum(m.adapter_params or 0 for m in self.modules)
+
+    @property
+    def trainable_params(self) -> int:
+        return self.adapter_params + self.modules_to_save_params
+
+    @property
+    def trainable_share(self) -> float:
+        return self.trainable_params / max(1, self.total_params + self.adapter_params)
+
+    def error(self, operation: Operation = Operation.TRAIN) -> UnsupportedCombinationError | None:
+        """The error a refused ``operation`` raises (None when nothing is refused)."""
+        refused = self.refused(operation)
+        if not refused:
+            return None
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        for module in refused:
+            verdict = module.merge if operation is Operation.MERGE else module.train
+            groups.setdefault((module.kind.value, verdict.reason, verdict.instead), []).append(module.path)
+        name = METHOD_NAMES.get(self.method, self.method)
+        verb = "merge into" if operation is Operation.MERGE else "adapt"
+        lines = []
+        for (kind, reason, instead), paths in groups.items():
+            shown = ", ".join(paths[:3]) + (f", +{len(paths) - 3} more" if len(paths) > 3 else "")
+            lines.append(f"{name} cannot {verb} {kind} layers [{LayerKind(kind).description}] ({shown}): {reason}. "
+                         f"Instead: {instead}.")
+        lines.append("The model was not modified." if operation is Operation.TRAIN else
+                     "Nothing was merged; the adapted model is unchanged.")
+        return UnsupportedCombinationError("\n".join(lines), self.method, operation.value, groups)
+
+    def render(self) -> str:
+        """A plain-text table for the CLI: one row per module, totals, warnings."""
+        header = f"{'module':<48} {'kind':<15} {'train':<24} {'merge':<24} {'adapter':>9} {'base':>10}"
+        lines = [f"method {METHOD_NAMES.get(self.method, self.method)} on peft {self.peft_version}", header,
+                 "-" * len(header)]
+        for m in self.modules:
+            adapter = "-" if m.adapter_params is None else f"{m.adapter_params:,}"
+            lines.append(f"{m.path[-48:]:<48} {m.kind.value:<15} {m.train.status.value:<24} "
+                         f"{m.merge.status.value:<24} {adapter:>9} {m.base_params:>10,}")
+        lines.append("-" * len(header))
+        lines.append(f"{len(self.modules)} modules; adapter parameters {self.adapter_params:,}; task head "
+                     f"{self.modules_to_save or 'none'} ({self.modules_to_save_params:,} parameters trained in full); "
+                     f"trainable {self.trainable_params:,} of {self.total_params + self.adapter_params:,} "
+                     f"({100 * self.trainable_share:.2f} %)")
+        for operation in (Operation.TRAIN, Operation.MERGE):
+            error = self.error(operation)
+            if error is not None:
+                lines += [f"REFUSED ({operation.value}):", str(error)]
+        lines += [f"warning: {text}" for text in self.advice + self.notes]
+        return "\n".join(lines)
+
+
+def _base_layer(module: nn.Module) -> nn.Module:
+    get_base_layer = getattr(module, "get_base_layer", None)
+    return get_base_layer() if callable(get_base_layer) else module
+
+
+def _logical_params(module: nn.Module) -> int:
+    """Parameters of the layer as a matrix, not as stored (packed 4-bit weights hold two values per byte)."""
+    weight_count = (module.in_features * module.out_features) if layer_kind(module).value.startswith("bnb") else None
+    return sum(weight_count if (weight_count is not None and name == "weight") else p.numel()
+               for name, p in module.named_parameters(recurse=True))
+
+
+def _rank_for(config: Any, path: str) -> int:
+    for key, rank in (getattr(config, "rank_pattern", None) or {}).items():
+        if re.search(rf"(^|\.){key}$", path):
+            return rank
+    return getattr(config, "init_r", None) or getattr(config, "r", 8)
+
+
+def _family_kind(model: nn.Module) -> str | None:
+    from ..presets import detect_family
+
+    try:
+        detection = detect_family(model)
+    except Exception:  # noqa: BLE001 - advice is best effort; the checks below do not depend on it
+        return None
+    return None if detection is None else detection.kind
+
+
+def _advice(method: str, model: nn.Module, kinds: set[LayerKind]) -> list[str]:
+    quantized = bool(kinds & {LayerKind.BNB_8BIT, LayerKind.BNB_4BIT})
+    family_kind = _family_kind(model) if any(a.when == "transformer" for a in ADVICE) else None
+    conditions = {"always": True, "quantized": quantized, "transformer": family_kind == "transformer"}
+    return [a.text for a in ADVICE if method in a.methods and conditions[a.when]]
+
+
+def _needs_input_ranks(method: str) -> bool:
+    version = peft_version()
+    linear, linear_4d = entry(method, LayerKind.LINEAR, version), entry(method, LayerKind.LINEAR_4D, version)
+    if linear is None or linear_4d is None:
+        return False
+    return (linear.train, linear.merge, linear.condition) != (linear_4d.train, linear_4d.merge, linear_4d.condition)
+
+
+def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> tuple[Verdict, Verdict]:
+    if item is None:
+        return _UNVERIFIED, _UNVERIFIED
+    if item.condition is not None and not item.condition.holds(module, _rank_for(config, path)):
+        return item.condition_verdict, item.condition_verdict
+    return item.train, item.merge
+
+
+def inspect_targets(model: nn.Module, config: Any, probe: bool | None = None) -> CompatReport:
+    """The report without parameter counts (what the enforcement hook needs; cheap)."""
+    from ..peft_hooks import targeted_modules
+    from .probe import input_ndims
+
+    method = method_name(config)
+    version = peft_version()
+    targets = [(path, _base_layer(module)) for path, module in targeted_modules(model, config)]
+    notes = []
+    ranks: dict[str, int] = {}
+    if probe if probe is not None else _needs_input_ranks(method):
+        linears = [path for path, module in targets if layer_kind(module) is LayerKind.LINEAR]
+        if linears:
+            ranks = input_ndims(model, linears)
+            if not ranks:
+                notes.append(f"could not run {type(model).__name__} to see whether its Linear layers get 4-D "
+                             "input; they are checked as plain Linear layers")
+    modules = []
+    for path, module in targets:
+        kind = layer_kind(module, ranks.get(path))
+        train, merge = _verdicts(entry(method, kind, version), module, config, path)
+        modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module)))
+    if method not in METHOD_NAMES:
+        notes.append(f"{method or type(config).__name__} is not covered by the compatibility matrix: it is passed to "
+                     "PEFT unverified on vision layers")
+    elif any(m.kind is LayerKind.OTHER for m in modules):
+        types = sorted({type(_base_layer(dict(model.named_modules())[m.path])).__name__
+                        for m in modules if m.kind is LayerKind.OTHER})
+        notes.append(f"{METHOD_NAMES[method]} on {', '.join(types)} is not covered by the compatibility matrix "
+                     "(passed to PEFT unverified)")
+    return CompatReport(
+        method=method, peft_version=str(version), modules=modules,
+        total_params=sum(_logical_params(m) for m in model.modules() if not list(m.children())),
+        advice=_advice(method, model, {m.kind for m in modules}), notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter counts: each distinct layer shape gets a stand-in that PEFT adapts for real.
+# --------------------------------------------------------------------------------------------------
+def _stand_in(module: nn.Module, kind: LayerKind) -> nn.Module | None:
+    """A fresh layer of the same shape (uninitialised memory; not on the meta device, where PEFT's moves would
+    reset requires_grad flags)."""
+    skip_init = torch.nn.utils.skip_init
+    if kind in (LayerKind.LINEAR, LayerKind.LINEAR_4D, LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
+        if isinstance(module, nn.Linear) or kind.value.startswith("bnb"):
+            return skip_init(nn.Linear, module.in_features, module.out_features, bias=module.bias is not None)
+        return None  # transformers Conv1D: not stood in for
+    if kind is LayerKind.MHA:
+        return nn.MultiheadAttention(module.embed_dim, module.num_heads, bias=module.in_proj_bias is not None,
+                                     batch_first=module.batch_first)
+    if kind.value.startswith("conv2d"):
+        return skip_init(nn.Conv2d, module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                         module.padding, module.dilation, module.groups, bias=module.bias is not None)
+    return None
+
+
+def _is_feedforward(config: Any, path: str) -> bool:
+    feedforward = getattr(config, "feedforward_modules", None) or []
+    if isinstance(feedforward, str):
+        return re.fullmatch(feedforward, path) is not None
+    return any(path == key or path.endswith("." + key) for key in feedforward)
+
+
+def _count_adapter(config: Any, module: nn.Module, kind: LayerKind, path: str) -> int | None:
+    from peft import get_peft_model
+
+    stand_in = _stand_in(module, kind)
+    if stand_in is None:
+        return None
+    holder = nn.Module()
+    holder.layer = stand_in
+    probe = copy.deepcopy(config)
+    for attribute, value in (("target_modules", ["layer"]), ("modules_to_save", None), ("layers_to_transform", None),
+                             ("layers_pattern", None), ("exclude_modules", None), ("rank_pattern", {}),
+                             ("alpha_pattern", {}), ("feedforward_modules", ["layer"] if _is_feedforward(config, path)
+                                                     else [])):
+        if hasattr(probe, attribute):
+            setattr(probe, attribute, value)
+    if hasattr(probe, "init_r"):
+        probe.init_r = _rank_for(config, path)
+    elif hasattr(probe, "r"):
+        probe.r = _rank_for(config, path)
+    base = {name for name, _ in holder.named_parameters()}
+    try:
+        with allow_unsupported(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_peft_model(holder, probe)  # not inject_adapter_in_model: VeRA needs a tuner
+    except Exception:  # noqa: BLE001 - a layer PEFT cannot adapt has no count; the verdicts say why
+        return None
+    return sum(p.numel() for name, p in holder.named_parameters()
+               if name.replace("base_layer.", "") not in base and p.requires_grad)
+
+
+def check(model: nn.Module, config: Any) -> CompatReport:
+    """Dry run of ``get_peft_model(model, config)``: per targeted module its layer kind, what the matrix says for
+    training and merging, adapter vs base parameters; totals and trainable share. Never modifies ``model``.
+
+    With ``target_modules=None`` the family's default preset is used, as ``get_peft_model`` would.
+    """
+    config = copy.deepcopy(config)
+    method = method_name(config)
+    from ..presets import SUPPORTED_METHODS, resolve_default
+
+    if getattr(config, "target_modules", None) is None and method in SUPPORTED_METHODS:
+        resolution = resolve_default(model, method)
+        config.target_modules = resolution.target_modules
+        if getattr(config, "modules_to_save", None) is None:
+            config.modules_to_save = resolution.modules_to_save
+        if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
+            config.feedforward_modules = resolution.feedforward_modules
+    report = inspect_targets(model, config, probe=True)
+    counts: dict[tuple, int | None] = {}
+    modules = dict(model.named_modules())
+    checked = []
+    for item in report.modules:
+        module = _base_layer(modules[item.path])
+        key = (item.kind, repr(_stand_in(module, item.kind)), _rank_for(config, item.path),
+               _is_feedforward(config, item.path))
+        if item.train.status is not Status.REFUSED and key not in counts:
+            counts[key] = _count_adapter(config, module, item.kind, item.path)
+        checked.append(ModuleCheck(item.path, item.kind, item.train, item.merge, item.base_params, counts.get(key)))
+    report.modules = checked
+    saved = list(getattr(config, "modules_to_save", None) or [])
+    report.modules_to_save = saved
+    report.modules_to_save_params = sum(
+        p.numel() for name, p in model.named_parameters()
+        if any(name == key or name.startswith(key + ".") or f".{key}." in f".{name}" for key in saved))
+    return report

@@ -1,0 +1,101 @@
+"""Refusals and warnings at PEFT's entry points (installed by :mod:`peft_vision_ext.peft_hooks`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import Any
+
+from torch import nn
+
+from .check import CompatReport, ModuleCheck, _base_layer, _logical_params, enforcing, inspect_targets, method_name
+from .kinds import LayerKind, layer_kind
+from .matrix import Operation, entry
+
+logger = logging.getLogger("peft_vision_ext")
+_warned: set[str] = set()
+_last = threading.local()
+
+
+def _warn_once(text: str) -> None:
+    if text not in _warned:
+        _warned.add(text)
+        warnings.warn(f"peft-vision-ext: {text}", UserWarning, stacklevel=4)
+
+
+def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
+    # PEFT chooses its bitsandbytes-aware layers only when the model says it is quantized (transformers sets these
+    # flags; timm/torchvision models quantized by hand do not have them). Set only when a target needs it.
+    for kind, flag in ((LayerKind.BNB_4BIT, "is_loaded_in_4bit"), (LayerKind.BNB_8BIT, "is_loaded_in_8bit")):
+        if kind in kinds and not getattr(model, flag, False):
+            try:
+                setattr(model, flag, True)
+            except AttributeError:  # a read-only property: the library that quantized it manages the flag
+                continue
+            logger.info("peft-vision-ext: marked %s as %s so PEFT uses its bitsandbytes layers",
+                        type(model).__name__, flag)
+
+
+def enforce_injection(model: nn.Module, config: Any) -> None:
+    """Before PEFT replaces any module: refuse what the matrix refuses, warn what it warns about.
+
+    Runs from the tuner's pre-injection hook and again from inject_adapter (after the vision defaults are filled
+    in); the second call is skipped when nothing changed in between.
+    """
+    key = (id(model), id(config), repr(getattr(config, "target_modules", None)))
+    if getattr(_last, "key", None) == key:
+        return
+    if enforcing():
+        report = inspect_targets(model, config)
+        error = report.error(Operation.TRAIN)
+        if error is not None:
+            raise error
+        for text in report.advice + report.notes:
+            _warn_once(text)
+        merge_refused = report.refused(Operation.MERGE)
+        if merge_refused:
+            logger.info("peft-vision-ext: %d adapted modules cannot be merged later (%s)", len(merge_refused),
+                        merge_refused[0].merge.reason)
+        kinds = {m.kind for m in report.modules}
+    else:
+        kinds = {layer_kind(_base_layer(module)) for _, module in _targets(model, config)}
+    _mark_quantized(model, kinds)
+    _last.key = key
+
+
+def _targets(model: nn.Module, config: Any) -> list[tuple[str, nn.Module]]:
+    from ..peft_hooks import targeted_modules
+
+    return targeted_modules(model, config)
+
+
+def _holds(module: nn.Module, adapter: str) -> bool:
+    return any(adapter in (getattr(module, name, None) or {}) for name in getattr(module, "adapter_layer_names", ()))
+
+
+def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
+    """Before PEFT merges anything: refuse when a merged adapter sits on a layer kind its method cannot merge into."""
+    if not enforcing():
+        return
+    from ..versions import peft_version
+
+    names = adapter_names or list(getattr(tuner, "active_adapters", None) or [])
+    for adapter in names:
+        config = tuner.peft_config.get(adapter)
+        if config is None:
+            continue
+        method = method_name(config)
+        modules = []
+        for path, module in tuner.model.named_modules():
+            if not hasattr(module, "adapter_layer_names") or not _holds(module, adapter):
+                continue
+            base = _base_layer(module)
+            kind = layer_kind(base)
+            item = entry(method, kind, peft_version())
+            if item is not None:
+                modules.append(ModuleCheck(path, kind, item.train, item.merge, _logical_params(base)))
+        report = CompatReport(method, str(peft_version()), modules, total_params=0)
+        error = report.error(Operation.MERGE)
+        if error is not None:
+            raise error

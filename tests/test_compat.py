@@ -1,0 +1,252 @@
+"""The compatibility matrix, cell by cell, on the installed PEFT: supported cells train, reload and merge
+correctly; refused cells are refused before the model is touched, and really do fail upstream."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from peft import PeftModel, get_peft_model, inject_adapter_in_model
+
+import peft_vision_ext
+from peft_vision_ext.compat import allow_unsupported, check, recommend
+from peft_vision_ext.compat.kinds import LayerKind
+from peft_vision_ext.compat.matrix import KINDS, METHODS, Operation, Status, entry, matrix_markdown
+from peft_vision_ext.compat.verify import cell_config, perturb_adapter, run_cell, tiny_model
+from peft_vision_ext.errors import UnsupportedCombinationError
+from peft_vision_ext.versions import peft_version
+
+CELLS = [(method, kind) for method in METHODS for kind in KINDS]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _expected(method: str, kind: LayerKind) -> tuple[bool, bool]:
+    """(train allowed, merge allowed) for the tiny cell model (its depthwise conv fails LoRA's rank condition)."""
+    item = entry(method, kind, peft_version())
+    assert item is not None, f"the matrix has no entry for {method} x {kind}"
+    train = item.train.status.allowed and (item.condition is None or item.condition.holds(
+        tiny_model(kind).layer, 4))
+    return train, train and item.merge.status.allowed
+
+
+def _snapshot(model: torch.nn.Module) -> tuple:
+    return ([(name, type(module)) for name, module in model.named_modules()],
+            {name: tensor.clone() for name, tensor in model.state_dict().items()},
+            sorted(vars(model)))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and a[2] == b[2] and a[1].keys() == b[1].keys() and all(
+        torch.equal(a[1][k], b[1][k]) for k in a[1])
+
+
+@pytest.mark.parametrize(("method", "kind"), CELLS, ids=[f"{m}-{k.value}" for m, k in CELLS])
+def test_cell(method: str, kind: LayerKind) -> None:
+    train, merge = _expected(method, kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = run_cell(method, kind)
+    if train and merge:
+        assert run.ok, f"{method} on {kind}: {run.failed_stage}: {run.error}"
+        assert run.init_diff <= 1e-4 and run.reload_diff <= 1e-6 and run.merge_diff <= run.merge_tolerance
+    else:
+        assert run.failed_stage == ("merge" if train else "inject"), run
+        assert run.error.startswith("UnsupportedCombinationError"), run.error
+
+
+@pytest.mark.parametrize(("method", "kind"), [c for c in CELLS if _expected(*c) != (True, True)],
+                         ids=[f"{m}-{k.value}" for m, k in CELLS if _expected(m, k) != (True, True)])
+def test_refused_cell_really_fails_upstream(method: str, kind: LayerKind) -> None:
+    """Keeps the matrix honest: with the refusals off, PEFT crashes or is wrong exactly where we refuse."""
+    train, _ = _expected(method, kind)
+    with allow_unsupported(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = run_cell(method, kind)
+    assert not run.ok, f"{method} on {kind} works on peft {peft.__version__}: the matrix refuses it needlessly"
+    if train:
+        assert run.failed_stage == "merge", run
+    assert "UnsupportedCombinationError" not in run.error
+
+
+@pytest.mark.parametrize(("method", "kind"), [c for c in CELLS if not _expected(*c)[0]],
+                         ids=[f"{m}-{k.value}" for m, k in CELLS if not _expected(m, k)[0]])
+def test_refusal_leaves_model_untouched_and_usable(method: str, kind: LayerKind) -> None:
+    model = tiny_model(kind)
+    before = _snapshot(model)
+    with pytest.raises(UnsupportedCombinationError) as raised:
+        get_peft_model(model, cell_config(method))
+    assert _same(before, _snapshot(model))
+    message = str(raised.value)
+    assert "layer" in message and "Instead:" in message and "not modified" in message
+    assert raised.value.method == method and isinstance(raised.value, ValueError)
+    with pytest.raises(ValueError):  # ours, or PEFT's own for methods it never injects this way (VeRA)
+        inject_adapter_in_model(cell_config(method), model)
+    assert _same(before, _snapshot(model))
+    # ... and the user goes on with a method the matrix supports on this layer
+    fallback = next(m for m in METHODS if _expected(m, kind)[0])
+    adapted = get_peft_model(model, cell_config(fallback))
+    adapted(model.example_input())
+
+
+@pytest.mark.parametrize(("method", "kind"), [c for c in CELLS if _expected(*c) == (True, False)],
+                         ids=[f"{m}-{k.value}" for m, k in CELLS if _expected(m, k) == (True, False)])
+def test_refused_merge_leaves_adapted_model_untouched(method: str, kind: LayerKind) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapted = get_peft_model(tiny_model(kind), cell_config(method))
+        perturb_adapter(adapted)
+        before = _snapshot(adapted)
+        for merge in (adapted.merge_and_unload, adapted.merge_adapter, lambda: adapted.base_model.merge_and_unload()):
+            with pytest.raises(UnsupportedCombinationError, match="Nothing was merged"):
+                merge()
+            assert _same(before, _snapshot(adapted))
+
+
+class _TwoConvs(torch.nn.Module):
+    def __init__(self, depthwise: bool) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8 if depthwise else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dw(self.conv(x))
+
+
+def test_add_adapter_load_adapter_and_from_pretrained_are_checked(tmp_path: Path) -> None:
+    trained = get_peft_model(tiny_model(LayerKind.LINEAR), cell_config("loha"))
+    trained.save_pretrained(tmp_path / "loha")
+    quantized = tiny_model(LayerKind.BNB_4BIT)
+    before = _snapshot(quantized)
+    with pytest.raises(UnsupportedCombinationError, match="LoHa cannot adapt bnb-4bit"):
+        PeftModel.from_pretrained(quantized, tmp_path / "loha")
+    assert _same(before, _snapshot(quantized))
+
+    lora_dw = peft.LoraConfig(r=4, target_modules=["dw"])
+    get_peft_model(_TwoConvs(depthwise=False), lora_dw).save_pretrained(tmp_path / "lora_dw")
+    adapted = get_peft_model(_TwoConvs(depthwise=True), peft.LoraConfig(r=4, target_modules=["conv"]))
+    before = _snapshot(adapted)
+    with pytest.raises(UnsupportedCombinationError, match="conv2d-grouped"):
+        adapted.add_adapter("second", lora_dw)
+    with pytest.raises(UnsupportedCombinationError, match="conv2d-grouped"):
+        adapted.load_adapter(tmp_path / "lora_dw", adapter_name="third")
+    assert _same(before, _snapshot(adapted)) and set(adapted.peft_config) == {"default"}
+
+
+def test_hand_quantized_model_gets_bitsandbytes_layers() -> None:
+    """Without the is_loaded_in_4bit mark PEFT wraps Linear4bit as a plain Linear (merge crashes)."""
+    model = tiny_model(LayerKind.BNB_4BIT)
+    assert not getattr(model, "is_loaded_in_4bit", False)
+    adapted = get_peft_model(model, cell_config("lora"))
+    assert type(adapted.base_model.model.layer).__module__.endswith("lora.bnb")
+
+
+def test_unknown_method_passes_through_with_one_warning() -> None:
+    config = lambda: peft.HRAConfig(r=4, target_modules=["layer"])  # noqa: E731
+    with pytest.warns(UserWarning, match="HRA|hra.*not covered by the compatibility matrix"):
+        get_peft_model(tiny_model(LayerKind.LINEAR), config())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_peft_model(tiny_model(LayerKind.LINEAR), config())  # once per process
+
+
+def test_field_advice_warns_but_does_not_refuse() -> None:
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
+                            depth=1)
+    report = check(vit, peft.LoHaConfig(r=4))
+    assert report.ok and any("LoHa/LoKr on pure-transformer ViTs" in text for text in report.advice)
+
+
+def test_linear_fed_4d_input_is_detected_and_oft_refused_there() -> None:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    config = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], image_size=32,
+                            num_labels=3)
+    model = ConvNextForImageClassification(config)
+    report = check(model, peft.OFTConfig(r=0, oft_block_size=4, target_modules=["pwconv1"]))
+    assert {m.kind for m in report.modules} == {LayerKind.LINEAR_4D} and not report.ok
+    before = _snapshot(model)
+    with pytest.raises(UnsupportedCombinationError, match="linear-4d"):
+        get_peft_model(model, peft.OFTConfig(r=0, oft_block_size=4, target_modules=["pwconv1"]))
+    assert _same(before, _snapshot(model))
+    get_peft_model(model, peft.LoraConfig(r=4, target_modules=["pwconv1"]))(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("method", ["lora", "loha", "lokr", "adalora", "ia3"])
+def test_check_counts_match_peft(method: str) -> None:
+    import timm
+
+    for model in (timm.create_model("mobilenetv2_050", pretrained=False, num_classes=4),
+                  timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=32,
+                                    patch_size=8, depth=2)):
+        config = peft_vision_ext.preset_config(model, method, **({"total_step": 10} if method == "adalora" else {}))
+        report = check(model, config)
+        assert report.ok and all(m.adapter_params for m in report.modules)
+        adapted = get_peft_model(copy.deepcopy(model), config)
+        trainable = sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+        assert report.trainable_params == trainable, (method, type(model).__name__)
+        assert "trainable" in report.render()
+
+
+def test_check_reports_refusals_without_touching() -> None:
+    import timm
+
+    model = timm.create_model("mobilenetv2_050", pretrained=False, num_classes=4)
+    before = _snapshot(model)
+    report = check(model, peft.LoraConfig(r=4, target_modules=["conv_dw"]))
+    assert not report.ok and report.refused() and "REFUSED" in report.render()
+    assert _same(before, _snapshot(model))
+
+
+@pytest.mark.parametrize(("model_name", "options"), [
+    ("vit_tiny_patch16_224", {}), ("vit_tiny_patch16_224", {"memory": "high"}),
+    ("vit_tiny_patch16_224", {"memory": "low"}), ("mobilenetv2_050", {}), ("mobilenetv2_050", {"memory": "low"}),
+])
+def test_recommendations_are_accepted(model_name: str, options: dict) -> None:
+    import timm
+
+    extra = {"img_size": 32, "patch_size": 8, "depth": 1} if "vit" in model_name else {}
+    model = timm.create_model(model_name, pretrained=False, num_classes=4, **extra)
+    advice = recommend(model, **options)
+    assert check(model, advice.config).ok and advice.reasons and advice.learning_rate > 0
+    assert advice.method == {"high": "adalora", "low": "lokr" if "mobilenet" in model_name else "lora"}.get(
+        options.get("memory"), "lora")
+    get_peft_model(model, advice.config)
+
+
+def test_recommend_quantized_is_lora_and_segmentation_keeps_decode_head() -> None:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    model = SegformerForSemanticSegmentation(SegformerConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64],
+                                                             depths=[1, 1, 1, 1], decoder_hidden_size=16,
+                                                             num_attention_heads=[1, 1, 1, 1],
+                                                             num_labels=3))
+    advice = recommend(model, quantization="4bit")
+    assert advice.method == "lora" and advice.learning_rate == 2e-4
+    assert "decode_head" in advice.config.modules_to_save
+    assert any("segmentation" in reason for reason in advice.reasons)
+    with pytest.raises(ValueError, match="quantization"):
+        recommend(model, quantization="3bit")
+
+
+def test_readme_matrix_matches_data() -> None:
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- matrix:start -->\n(.*?)\n<!-- matrix:end -->", readme, re.S)
+    assert match, "README lacks the matrix markers"
+    assert match.group(1) == matrix_markdown(), "README matrix is stale: run `peft-vision matrix` and paste it"
+
+
+def test_matrix_has_an_entry_for_every_cell_on_every_version() -> None:
+    from packaging.version import Version
+
+    for version in ("0.15", "0.17.1", "0.20", "0.21.2"):
+        for method, kind in CELLS:
+            assert entry(method, kind, Version(version)) is not None, (method, kind, version)
+    statuses = {entry(m, k, peft_version()).verdict(op).status for m, k in CELLS for op in Operation}
+    assert statuses == {Status.SUPPORTED, Status.PLUGIN, Status.REFUSED}
