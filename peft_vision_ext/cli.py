@@ -38,14 +38,11 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
 
 
 def _explicit_config(method: str, kwargs: dict) -> object:
-    import peft
+    from .compat.matrix import config_class
 
-    classes = {"lora": peft.LoraConfig, "loha": peft.LoHaConfig, "lokr": peft.LoKrConfig,
-               "adalora": peft.AdaLoraConfig, "ia3": peft.IA3Config, "oft": peft.OFTConfig,
-               "boft": peft.BOFTConfig, "vera": peft.VeraConfig, "fourierft": peft.FourierFTConfig}
     if method == "ia3":
         kwargs.pop("r", None)
-    return classes[method](**kwargs)
+    return config_class(method)(**kwargs)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -250,3 +250,30 @@ def test_matrix_has_an_entry_for_every_cell_on_every_version() -> None:
             assert entry(method, kind, Version(version)) is not None, (method, kind, version)
     statuses = {entry(m, k, peft_version()).verdict(op).status for m, k in CELLS for op in Operation}
     assert statuses == {Status.SUPPORTED, Status.PLUGIN, Status.REFUSED}
+
+
+def test_cli_check_matrix_recommend(capsys: pytest.CaptureFixture[str]) -> None:
+    from peft_vision_ext.cli import main
+
+    assert main(["check", "timm:mobilenetv2_050", "--method", "lora", "--target-modules", "conv_dw"]) == 1
+    out = capsys.readouterr().out
+    assert "REFUSED (train)" in out and "Instead:" in out and "REFUSED (merge)" not in out
+    assert main(["check", "timm:mobilenetv2_050", "--method", "loha"]) == 0
+    assert "trainable" in capsys.readouterr().out
+    assert main(["matrix"]) == 0
+    assert capsys.readouterr().out.strip() == matrix_markdown().strip()
+    assert main(["recommend", "timm:mobilenetv2_050", "--memory", "low"]) == 0
+    assert "method lokr" in capsys.readouterr().out
+    for command in ("env", "presets", "check", "matrix", "recommend", "train"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+
+
+def test_refusals_come_back_after_allow_unsupported() -> None:
+    """The skip-a-repeated-check cache must not let a new model through (ids of dead objects get reused)."""
+    for _ in range(3):
+        with allow_unsupported(), pytest.raises(ValueError):
+            get_peft_model(tiny_model(LayerKind.MHA), cell_config("ia3"))  # PEFT's own error
+        with pytest.raises(UnsupportedCombinationError):
+            get_peft_model(tiny_model(LayerKind.MHA), cell_config("ia3"))

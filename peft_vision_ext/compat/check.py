@@ -124,7 +124,8 @@ class CompatReport:
                      f"{self.modules_to_save or 'none'} ({self.modules_to_save_params:,} parameters trained in full); "
                      f"trainable {self.trainable_params:,} of {self.total_params + self.adapter_params:,} "
                      f"({100 * self.trainable_share:.2f} %)")
-        for operation in (Operation.TRAIN, Operation.MERGE):
+        # A module that cannot be trained is not reported a second time for merging.
+        for operation in (Operation.TRAIN, Operation.MERGE) if self.ok else (Operation.TRAIN,):
             error = self.error(operation)
             if error is not None:
                 lines += [f"REFUSED ({operation.value}):", str(error)]
@@ -163,7 +164,8 @@ def _family_kind(model: nn.Module) -> str | None:
 
 def _advice(method: str, model: nn.Module, kinds: set[LayerKind]) -> list[str]:
     quantized = bool(kinds & {LayerKind.BNB_8BIT, LayerKind.BNB_4BIT})
-    family_kind = _family_kind(model) if any(a.when == "transformer" for a in ADVICE) else None
+    wanted = any(a.when == "transformer" and method in a.methods for a in ADVICE)
+    family_kind = _family_kind(model) if wanted else None  # detection walks the model: only when it matters
     conditions = {"always": True, "quantized": quantized, "transformer": family_kind == "transformer"}
     return [a.text for a in ADVICE if method in a.methods and conditions[a.when]]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+import weakref
 from typing import Any
 
 from torch import nn
@@ -43,8 +44,9 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
     Runs from the tuner's pre-injection hook and again from inject_adapter (after the vision defaults are filled
     in); the second call is skipped when nothing changed in between.
     """
-    key = (id(model), id(config), repr(getattr(config, "target_modules", None)))
-    if getattr(_last, "key", None) == key:
+    targets = repr(getattr(config, "target_modules", None))
+    last = getattr(_last, "checked", None)  # weak references: a new object may reuse a dead one's id
+    if last is not None and last[0]() is model and last[1]() is config and last[2] == targets:
         return
     if enforcing():
         report = inspect_targets(model, config)
@@ -61,7 +63,7 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
     else:
         kinds = {layer_kind(_base_layer(module)) for _, module in _targets(model, config)}
     _mark_quantized(model, kinds)
-    _last.key = key
+    _last.checked = (weakref.ref(model), weakref.ref(config), targets) if enforcing() else None
 
 
 def _targets(model: nn.Module, config: Any) -> list[tuple[str, nn.Module]]:

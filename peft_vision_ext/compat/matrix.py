@@ -84,6 +84,18 @@ class Entry:
 
 METHOD_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT",
                 "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
+_CONFIG_CLASSES = {"lora": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig", "adalora": "AdaLoraConfig",
+                   "ia3": "IA3Config", "oft": "OFTConfig", "boft": "BOFTConfig", "vera": "VeraConfig",
+                   "fourierft": "FourierFTConfig"}
+
+
+def config_class(method: str) -> type:
+    """PEFT's config class for a method of the matrix."""
+    import peft
+
+    return getattr(peft, _CONFIG_CLASSES[method])
+
+
 LINEAR_KINDS = (K.LINEAR, K.LINEAR_4D)
 CONV_KINDS = (K.CONV2D, K.CONV2D_1X1, K.CONV2D_GROUPED, K.CONV2D_DILATED)
 BNB_KINDS = (K.BNB_8BIT, K.BNB_4BIT)

@@ -109,6 +109,6 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
         reasons.append(f"segmentation: the decode head ({', '.join(segmentation)}) stays fully trainable "
                        "(modules_to_save)")
     config = preset_config(model, method, preset, **kwargs)
-    kwargs = {**kwargs, "target_modules": list(config.target_modules),
+    kwargs = {**kwargs, "target_modules": sorted(config.target_modules),
               "modules_to_save": list(config.modules_to_save or [])}
     return Recommendation(method, preset, kwargs, rate, reasons, alternatives, config)

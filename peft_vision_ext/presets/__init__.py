@@ -124,14 +124,11 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None) ->
 
 
 def _config_class(method: str) -> type:
-    import peft
+    from ..compat.matrix import config_class
 
-    classes = {"lora": peft.LoraConfig, "loha": peft.LoHaConfig, "lokr": peft.LoKrConfig,
-               "adalora": peft.AdaLoraConfig, "ia3": peft.IA3Config}
-    try:
-        return classes[method]
-    except KeyError:
-        raise ValueError(f"preset_config supports methods {', '.join(classes)}; got {method!r}.") from None
+    if method not in SUPPORTED_METHODS:
+        raise ValueError(f"preset_config supports methods {', '.join(SUPPORTED_METHODS)}; got {method!r}.")
+    return config_class(method)
 
 
 def preset_config(model: nn.Module, method: str, preset: str | None = None, **method_kwargs: Any) -> Any:
