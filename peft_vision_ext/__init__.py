@@ -13,6 +13,7 @@ from .errors import (
     EmptyPresetError,
     NotAVisionModelError,
     PresetError,
+    QuantizationError,
     UnknownPresetError,
     UnsupportedCombinationError,
 )
@@ -25,6 +26,7 @@ from .presets import (
     register_family,
     resolve_targets,
 )
+from .quantization import bnb_config, merge_and_unload, quantize, storage_bytes
 
 __version__ = "0.1.0"
 
@@ -41,7 +43,8 @@ __all__ = [
     "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
-    "matrix_markdown", "LayerKind",
+    "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
+    "QuantizationError",
 ]
 
 

@@ -30,3 +30,7 @@ class UnsupportedCombinationError(ValueError):
         self.method = method
         self.operation = operation
         self.refusals = refusals
+
+
+class QuantizationError(ValueError):
+    """quantize() / bnb_config() refused its input; the model was not changed."""

@@ -42,20 +42,9 @@ class _Cell(nn.Module):
 
 
 def _quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: LayerKind) -> nn.Module:
-    import bitsandbytes as bnb
+    from ..quantization.bnb_layers import quantized_linear
 
-    out_features, in_features = weight.shape
-    if kind is LayerKind.BNB_4BIT:
-        layer = bnb.nn.Linear4bit(in_features, out_features, bias=bias is not None, compute_dtype=torch.float32,
-                                  quant_type="nf4")
-        layer.weight = bnb.nn.Params4bit(weight.detach().clone(), requires_grad=False, quant_type="nf4")
-    else:
-        layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias is not None, has_fp16_weights=False,
-                                    threshold=0.0)
-        layer.weight = bnb.nn.Int8Params(weight.detach().clone(), requires_grad=False, has_fp16_weights=False)
-    if bias is not None:
-        layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-    return layer.to("cpu")  # bitsandbytes quantizes when the layer is moved to a device
+    return quantized_linear(weight, bias, 4 if kind is LayerKind.BNB_4BIT else 8, int8_threshold=0.0)
 
 
 def tiny_layer(kind: LayerKind, seed: int = 0) -> nn.Module:

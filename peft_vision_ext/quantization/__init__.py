@@ -1,0 +1,10 @@
+"""Quantized (bitsandbytes) fine-tuning of ViTs: quantize, a transformers config, merge, memory accounting."""
+
+from __future__ import annotations
+
+from .bnb_layers import storage_bytes
+from .hf import bnb_config
+from .merge import dequantize, merge_and_unload
+from .quantize import QuantizationPlan, plan, quantize
+
+__all__ = ["quantize", "plan", "QuantizationPlan", "bnb_config", "merge_and_unload", "dequantize", "storage_bytes"]
