@@ -114,7 +114,7 @@ def test_quantize_train_reload_merge(key: str, bits: int, tmp_path: Path) -> Non
     assert (_out(requantized, x) - exact).abs().max().item() <= 2 * (fresh_error + own_error) + 1e-4
 
 
-def test_lora_on_quantized_vit_learns_mnist() -> None:
+def test_lora_on_quantized_vit_learns_mnist(tmp_path: Path) -> None:
     from peft_vision_ext.data import mnist_split, to_imagenet_tensor
 
     images, labels, _, _ = mnist_split(64, 8)
@@ -141,6 +141,10 @@ def test_lora_on_quantized_vit_learns_mnist() -> None:
             optimizer.zero_grad()
             losses.append(loss.item())
         assert sum(losses[-5:]) / 5 < 0.85 * sum(losses[:5]) / 5, (method, losses)
+        adapted.eval()
+        adapted.save_pretrained(tmp_path / method)
+        reloaded = PeftModel.from_pretrained(pve.quantize(copy.deepcopy(model), bits=4), tmp_path / method).eval()
+        assert torch.equal(_out(reloaded, x[:4]), _out(adapted, x[:4])), method
         if method == "adalora":
             with pytest.raises(UnsupportedCombinationError):
                 adapted.merge_and_unload()  # PEFT's re-quantizing merge is refused by the matrix ...
