@@ -64,7 +64,7 @@ class CompatReport:
     method: str
     peft_version: str
     modules: list[ModuleCheck]
-    total_params: int
+    total_params: int  # of the model (check() only; 0 in the reports the enforcement builds)
     modules_to_save: list[str] = field(default_factory=list)
     modules_to_save_params: int = 0
     advice: list[str] = field(default_factory=list)
@@ -218,7 +218,7 @@ def inspect_targets(model: nn.Module, config: Any, probe: bool | None = None) ->
                      "(passed to PEFT unverified)")
     return CompatReport(
         method=method, peft_version=str(version), modules=modules,
-        total_params=sum(_logical_params(m) for m in model.modules() if not list(m.children())),
+        total_params=0,  # counted by check() only: the refusal check on every injection does not need it
         advice=_advice(method, model, {m.kind for m in modules}), notes=notes,
     )
 
@@ -298,6 +298,7 @@ def check(model: nn.Module, config: Any) -> CompatReport:
         if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
             config.feedforward_modules = resolution.feedforward_modules
     report = inspect_targets(model, config, probe=True)
+    report.total_params = sum(_logical_params(m) for m in model.modules() if not list(m.children()))
     counts: dict[tuple, int | None] = {}
     modules = dict(model.named_modules())
     checked = []

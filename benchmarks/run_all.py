@@ -1,0 +1,44 @@
+"""Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), AdaLoRA conv
+speed, quantized ViT memory, plugin overhead. ``--quick`` finishes in under 10 minutes on 2 CPU cores (fewer
+seeds, epochs, steps and a smaller batch; the numbers are then a smoke test, not results). JSON and plots go to
+benchmarks/results/ (speed and memory JSON next to their scripts).
+
+    python benchmarks/run_all.py [--quick] [--skip memory speed ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
+    "accuracy-mobilenet": ("accuracy_mobilenet.py", [], ["--quick"]),
+    "accuracy-vit": ("accuracy_vit.py", [], ["--quick"]),
+    "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
+    "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "2"]),
+    "overhead": ("overhead.py", [], ["--quick"]),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(BENCHMARKS))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    for name, (script, full, quick) in BENCHMARKS.items():
+        if name in args.skip:
+            continue
+        print(f"\n## {name}: python benchmarks/{script} {' '.join(quick if args.quick else full)}", flush=True)
+        begin = time.perf_counter()
+        subprocess.run([sys.executable, str(HERE / script), *(quick if args.quick else full)], check=True)
+        print(f"({time.perf_counter() - begin:.0f} s)", flush=True)
+    print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
