@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_vision_ext.train import evaluate as accuracy  # noqa: F401 - the scripts import it from here
+from peft_vision_ext.train import freeze_norm_statistics
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -55,19 +58,6 @@ def peak_mib() -> float:
     return _status_kib("VmHWM") / 1024
 
 
-def freeze_norm_statistics(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
-    model.eval()
-    correct = sum((model(x[i:i + batch]).argmax(-1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
-    return correct / len(x)
-
-
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch: int, seed: int,
           adalora: Any = None) -> dict[str, float]:
     """AdamW on the trainable parameters; BatchNorm statistics frozen; AdaLoRA allocation after each step."""
@@ -105,8 +95,10 @@ def run_child(script: str, *args: str) -> dict[str, Any]:
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Write results/NAME.json; quick (smoke) runs go to results/quick/ and never replace real results."""
+    folder = RESULTS / "quick" if payload.get("settings", {}).get("quick") else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=1))
     return path
 
@@ -114,3 +106,26 @@ def save(name: str, payload: dict[str, Any]) -> Path:
 def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     return mean, (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+
+
+def summarize(runs: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    """One row per variant over its seeds: accuracy mean and std (%), parameters, time per epoch, peak memory."""
+    rows = []
+    for name in variants:
+        mine = [r for r in runs if r["variant"] == name]
+        mean, std = mean_std([100 * r["accuracy"] for r in mine])
+        rows.append({"variant": name, "accuracy_mean": mean, "accuracy_std": std, "trainable": mine[0]["trainable"],
+                     "trainable_share": mine[0]["trainable"] / mine[0]["total"],
+                     "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in mine) / len(mine),
+                     "peak_mib": max(r["peak_mib"] for r in mine)})
+    return rows
+
+
+def accuracy_table(rows: list[dict[str, Any]], reference: str, label: str) -> str:
+    base = next(r for r in rows if r["variant"] == reference)
+    lines = [f"| variant | trainable params | share | accuracy % (mean ± std) | vs {label} | s / epoch | peak MB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['trainable']:,} | {100 * r['trainable_share']:.2f} % | "
+              f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} | {r['accuracy_mean'] - base['accuracy_mean']:+.2f} "
+              f"| {r['seconds_per_epoch']:.1f} | {r['peak_mib']:.0f} |" for r in rows]
+    return "\n".join(lines)

@@ -65,16 +65,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 1,500 training images")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 500 / 200 images")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.train_size = 1, 1, 1500
+        args.seeds, args.epochs, args.train_size, args.test_size = 1, 1, 500, 200
     if args.child:
         name, seed = args.child
         print(json.dumps(child(name, int(seed), args.epochs, args.train_size, args.test_size, args.image_size)))
         return
-    from _common import machine, mean_std, run_child, save
+    from _common import accuracy_table, machine, run_child, save, summarize
 
     runs = []
     for name in METHODS:
@@ -83,26 +83,14 @@ def main() -> None:
                                   str(args.train_size), "--test-size", str(args.test_size), "--image-size",
                                   str(args.image_size)))
             print(f"{name} seed {seed}: accuracy {runs[-1]['accuracy']:.4f}", file=sys.stderr)
-    rows = []
-    for name in METHODS:
-        mine = [r for r in runs if r["variant"] == name]
-        mean, std = mean_std([100 * r["accuracy"] for r in mine])
-        rows.append({"variant": name, "accuracy_mean": mean, "accuracy_std": std, "trainable": mine[0]["trainable"],
-                     "trainable_share": mine[0]["trainable"] / mine[0]["total"],
-                     "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in mine) / len(mine),
-                     "peak_mib": max(r["peak_mib"] for r in mine)})
-    full = next(r for r in rows if r["variant"] == "full fine-tuning")
+    rows = summarize(runs, list(METHODS))
     print(f"MobileNetV2 (ImageNet) -> MNIST-5k: {args.train_size} train / {args.test_size} test at "
           f"{args.image_size} px, {args.epochs} epochs, {args.seeds} seeds")
-    print("| variant | trainable params | share | accuracy % (mean ± std) | vs full FT | s / epoch | peak MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['trainable']:,} | {100 * r['trainable_share']:.2f} % | "
-              f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} | {r['accuracy_mean'] - full['accuracy_mean']:+.2f} "
-              f"| {r['seconds_per_epoch']:.1f} | {r['peak_mib']:.0f} |")
+    print(accuracy_table(rows, "full fine-tuning", "full FT"))
     settings = {k: getattr(args, k) for k in ("seeds", "epochs", "train_size", "test_size", "image_size", "quick")}
     save("accuracy_mobilenet", {"machine": machine(), "settings": settings, "rows": rows, "runs": runs})
-    _plot(rows)
+    if not args.quick:
+        _plot(rows)
 
 
 def _plot(rows: list[dict]) -> None:

@@ -105,16 +105,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the 5-9 training split used")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch, 3 pretraining epochs")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch on a quarter of the data, "
+                        "2 pretraining epochs")
     parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.pretrain_epochs = 1, 1, 3
+        args.seeds, args.epochs, args.pretrain_epochs, args.train_fraction = 1, 1, 2, 0.25
     if args.child:
         name, seed, checkpoint = args.child
         print(json.dumps(child(name, int(seed), args.epochs, checkpoint, args.train_fraction)))
         return
-    from _common import RESULTS, machine, mean_std, run_child, save
+    from _common import RESULTS, accuracy_table, machine, run_child, save, summarize
 
     RESULTS.mkdir(exist_ok=True)
     checkpoint = RESULTS / "vit_digits_0_4.pt"
@@ -128,26 +129,12 @@ def main() -> None:
                                   "--train-fraction", str(args.train_fraction)))
             print(f"{name} seed {seed}: accuracy {runs[-1]['accuracy']:.4f}", file=sys.stderr)
     checkpoint.unlink()
-    rows = []
-    for name in VARIANTS:
-        mine = [r for r in runs if r["variant"] == name]
-        mean, std = mean_std([100 * r["accuracy"] for r in mine])
-        rows.append({"variant": name, "accuracy_mean": mean, "accuracy_std": std, "trainable": mine[0]["trainable"],
-                     "trainable_share": mine[0]["trainable"] / mine[0]["total"],
-                     "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in mine) / len(mine),
-                     "peak_mib": max(r["peak_mib"] for r in mine)})
-    lora = next(r for r in rows if r["variant"] == "LoRA")
-    held_out = pretraining["pretrain_accuracy_digits_0_4"]
+    rows = summarize(runs, list(VARIANTS))
     held_out = pretraining["pretrain_accuracy_digits_0_4"]
     print(f"ViT (4 blocks, dim 96) PRETRAINED HERE on MNIST digits 0-4 ({held_out:.3f} held-out), transferred to "
           f"digits 5-9: {runs[0]['train_images']} train / {runs[0]['test_images']} test, {args.epochs} epochs, "
           f"{args.seeds} seeds")
-    print("| variant | trainable params | share | accuracy % (mean ± std) | vs fp32 LoRA | s / epoch | peak MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['trainable']:,} | {100 * r['trainable_share']:.2f} % | "
-              f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} | {r['accuracy_mean'] - lora['accuracy_mean']:+.2f} "
-              f"| {r['seconds_per_epoch']:.1f} | {r['peak_mib']:.0f} |")
+    print(accuracy_table(rows, "LoRA", "fp32 LoRA"))
     settings = {k: getattr(args, k) for k in ("seeds", "epochs", "pretrain_epochs", "train_fraction", "quick")}
     save("accuracy_vit", {"machine": machine(), "settings": settings, "pretraining": pretraining, "rows": rows,
                           "runs": runs})

@@ -54,10 +54,10 @@ def _run(code: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="3 repeats")
+    parser.add_argument("--quick", action="store_true", help="2 repeats")
     args = parser.parse_args()
     if args.quick:
-        args.repeats = 3
+        args.repeats = 2
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
     from _common import machine, save
 
@@ -80,7 +80,8 @@ def main() -> None:
     for name in plain:
         print(f"| {name} | {plain[name]:.3f} | {plugin[name]:.3f} | {plugin[name] / plain[name]:.2f}x |")
     save("overhead", {"machine": machine(), "import_peft_s": peft_s, "import_plugin_extra_s": plugin_s,
-                      "get_peft_model_plain_s": plain, "get_peft_model_plugin_s": plugin, "repeats": args.repeats})
+                      "get_peft_model_plain_s": plain, "get_peft_model_plugin_s": plugin, "repeats": args.repeats,
+                      "settings": {"quick": args.quick}})
 
 
 if __name__ == "__main__":

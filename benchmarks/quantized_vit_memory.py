@@ -13,7 +13,6 @@ checkpointing, all from one run. Random init (no download); prints a table, writ
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import statistics
@@ -26,28 +25,13 @@ VARIANTS = [(name, checkpointing) for name in ("fp32 full FT", "fp32 LoRA", "8-b
             for checkpointing in (False, True)]
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _peak_kib() -> int:
-    return _status_kib("VmHWM")
-
-
-def _rss_kib() -> int:
-    return _status_kib("VmRSS")
-
-
 def run_variant(name: str, checkpointing: bool, steps: int, batch: int) -> dict:
-    import gc
     import warnings
 
     import peft
     import timm
     import torch
+    from _common import peak_mib, reset_peak
 
     import peft_vision_ext as pve
 
@@ -68,10 +52,7 @@ def run_variant(name: str, checkpointing: bool, steps: int, batch: int) -> dict:
     x = torch.randn(batch, 3, 224, 224)
     y = torch.randint(0, 10, (batch,))
     model.train()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand memory freed by quantization (the fp32 weights) back to the OS
-    start_mib = _rss_kib() / 1024
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set to the current one
+    start_mib = reset_peak()  # hands memory freed by quantization (the fp32 weights) back to the OS first
     times = []
     for step in range(steps + 1):
         start = time.perf_counter()
@@ -82,7 +63,7 @@ def run_variant(name: str, checkpointing: bool, steps: int, batch: int) -> dict:
         if step:
             times.append(time.perf_counter() - start)
     return {"variant": name, "checkpointing": checkpointing, "weight_bytes": weight_bytes,
-            "fp32_weight_bytes": fp32_bytes, "peak_mib": _peak_kib() / 1024, "start_mib": start_mib,
+            "fp32_weight_bytes": fp32_bytes, "peak_mib": peak_mib(), "start_mib": start_mib,
             "step_s": statistics.median(times), "trainable": sum(p.numel() for p in trainable)}
 
 
@@ -112,7 +93,9 @@ def main() -> None:
         print(f"| {r['variant']} | {'yes' if r['checkpointing'] else 'no'} | {r['weight_bytes'] / 1e6:.0f} | "
               f"{r['weight_bytes'] / r['fp32_weight_bytes']:.3f}x | {r['start_mib']:.0f} | {r['peak_mib']:.0f} | "
               f"{r['peak_mib'] / base['peak_mib']:.2f}x | {r['step_s']:.2f} | {r['step_s'] / base['step_s']:.2f}x |")
-    Path(__file__).with_suffix(".json").write_text(json.dumps({"rows": rows, "batch": args.batch}, indent=1))
+    # Smoke runs (other steps/batch, e.g. run_all.py --quick) never replace the recorded results.
+    suffix = ".json" if (args.steps, args.batch) == (3, 8) else ".json.quick"
+    Path(__file__).with_suffix(suffix).write_text(json.dumps({"rows": rows, "batch": args.batch}, indent=1))
 
 
 if __name__ == "__main__":
