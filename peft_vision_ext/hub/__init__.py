@@ -1,0 +1,6 @@
+"""Hub round trip: model cards and base-model metadata written with every saved adapter, and
+:func:`load_adapter`, which rebuilds the base model from that metadata and applies the adapter."""
+
+from .describe import TASKS, CardInfo, card_info, describe
+
+__all__ = ["TASKS", "CardInfo", "card_info", "describe"]
