@@ -10,6 +10,8 @@ from __future__ import annotations
 from . import peft_hooks
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (
+    AdapterLoadError,
+    BaseModelMismatchError,
     EmptyPresetError,
     NotAVisionModelError,
     PresetError,
@@ -17,7 +19,7 @@ from .errors import (
     UnknownPresetError,
     UnsupportedCombinationError,
 )
-from .hub import describe
+from .hub import describe, load_adapter
 from .presets import (
     PRESETS,
     VisionFamily,
@@ -45,7 +47,7 @@ __all__ = [
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
     "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
-    "QuantizationError", "describe",
+    "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
 ]
 
 

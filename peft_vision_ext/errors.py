@@ -34,3 +34,18 @@ class UnsupportedCombinationError(ValueError):
 
 class QuantizationError(ValueError):
     """quantize() / bnb_config() refused its input; the model was not changed."""
+
+
+class AdapterLoadError(ValueError):
+    """load_adapter() cannot rebuild the adapter's base model (what is missing and how to supply it is said)."""
+
+
+class BaseModelMismatchError(AdapterLoadError):
+    """The base model load_adapter got is not the one the adapter was trained on (its outputs would differ).
+
+    ``differing`` lists the base tensors whose fingerprints differ, are missing or are unexpected.
+    """
+
+    def __init__(self, message: str, differing: list[str]):
+        super().__init__(message)
+        self.differing = differing

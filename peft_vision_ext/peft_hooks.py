@@ -67,6 +67,7 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
     already knows (text models in its tables) and models with nothing adaptable are left to PEFT.
     """
     from .errors import NotAVisionModelError
+    from .hub.describe import record_preset
     from .presets import SUPPORTED_METHODS, resolve_default
 
     config = tuner.peft_config[adapter_name]
@@ -80,6 +81,7 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
     except NotAVisionModelError:
         return  # nothing we recognise: PEFT raises its own "Please specify target_modules"
     config.target_modules = set(resolution.target_modules)
+    record_preset(config, resolution.preset)
     if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
         config.feedforward_modules = set(resolution.feedforward_modules)
     if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
@@ -400,6 +402,32 @@ def _install_matrix_merge() -> None:
                 setattr(cls, name, guard(original, merge_position, names_position))
 
 
+# --------------------------------------------------------------------------------------------------
+# Hook: vision model card + rebuild metadata
+# --------------------------------------------------------------------------------------------------
+def _install_vision_model_card() -> None:
+    # Why: PEFT's card knows nothing about vision bases (timm and torchvision models have no name_or_path, so
+    # not even base_model is written) and nothing records how to rebuild the base. create_or_update_model_card is
+    # what PeftModel.save_pretrained (main process only), push_to_hub and Trainer.create_model_card call, so the
+    # card and peft_vision_ext.json travel with every save and upload without any upload code of ours.
+    from peft import PeftModel
+
+    original = PeftModel.create_or_update_model_card
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def create_or_update_model_card(self: Any, output_dir: str) -> Any:
+        from .hub.card import write_vision_card
+
+        result = original(self, output_dir)
+        write_vision_card(self, output_dir)
+        return result
+
+    setattr(create_or_update_model_card, _MARK, True)
+    PeftModel.create_or_update_model_card = create_or_update_model_card
+
+
 HOOKS: tuple[Hook, ...] = (
     Hook(
         name="vision-default-targets",
@@ -442,6 +470,13 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_conv_attributes,
+    ),
+    Hook(
+        name="vision-model-card",
+        why="saved vision adapters get a model card (base model, task, method, preset, metrics) and rebuild metadata",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_vision_model_card,
     ),
 )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 _ATTRIBUTE = "_peft_vision_ext_card"
 
+PRESET_ATTRIBUTE = "_peft_vision_ext_preset"
 TASKS = ("image-classification", "image-segmentation", "image-feature-extraction", "object-detection")
 
 
@@ -70,3 +71,8 @@ def _candidates(model: Any) -> list[Any]:
 def _holder(model: Any) -> Any:
     """Store on the innermost model: it survives get_peft_model and is what a rebuilt PeftModel wraps."""
     return _candidates(model)[-1]
+
+
+def record_preset(config: Any, preset: str) -> None:
+    """Remember which preset made ``config``'s targets (kept out of adapter_config.json; the card reads it)."""
+    config.__dict__[PRESET_ATTRIBUTE] = preset

@@ -146,6 +146,11 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, **me
             method_kwargs["feedforward_modules"] = resolution.feedforward_modules
         if method_kwargs.get("modules_to_save") is None and resolution.modules_to_save:
             method_kwargs["modules_to_save"] = resolution.modules_to_save
-    elif preset is not None:
+        config = config_class(**method_kwargs)
+        from ..hub.describe import record_preset  # local: hub imports quantization, which imports presets
+
+        record_preset(config, resolution.preset)
+        return config
+    if preset is not None:
         raise ValueError("Pass either preset=... or target_modules=..., not both.")
     return config_class(**method_kwargs)

@@ -1,0 +1,210 @@
+"""What it takes to rebuild an adapter's base model: library, name, weights, heads, quantization, fingerprint.
+
+Written next to every saved vision adapter as ``peft_vision_ext.json`` (see :mod:`.card`) and read by
+:func:`peft_vision_ext.load_adapter`. The fingerprint (a SHA-256 per base tensor, heads excluded) lets the loader
+prove the rebuilt base is the one the adapter was trained on, instead of silently giving other outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..quantization.quantize import QUANTIZATION_RECORD
+from .describe import card_info
+
+METADATA_FILE = "peft_vision_ext.json"
+FORMAT_VERSION = 1
+_WRAPPER_PARTS = ("modules_to_save", "original_module")
+
+
+def library_of(model: nn.Module) -> str | None:
+    """``timm``, ``transformers``, ``torchvision`` or ``None`` (a model of the user's own)."""
+    module = type(model).__module__
+    if module.startswith("timm.") and hasattr(model, "pretrained_cfg"):
+        return "timm"
+    if module.startswith("transformers.") and hasattr(model, "config"):
+        return "transformers"
+    if module.startswith("torchvision.models"):
+        return "torchvision"
+    return None
+
+
+def is_vision_model(model: nn.Module) -> bool:
+    """Models whose adapters get a vision card: timm, torchvision, transformers with pixel inputs, or described."""
+    library = library_of(model)
+    if library == "transformers":
+        return getattr(model, "main_input_name", None) == "pixel_values"
+    return library is not None or card_info(model).task is not None
+
+
+def base_spec(model: nn.Module) -> dict[str, Any]:
+    """Library-specific recipe for the bare base model (weights included where the library records them)."""
+    library = library_of(model)
+    if library == "timm":
+        return _timm_spec(model)
+    if library == "transformers":
+        config = model.config
+        return {"library": "transformers", "class": type(model).__name__,
+                "name_or_path": getattr(config, "_name_or_path", None) or None,
+                "quantization_config": _to_dict(getattr(config, "quantization_config", None))}
+    if library == "torchvision":
+        weights = card_info(model).base_weights
+        return {"library": "torchvision", "builder": torchvision_builder(model),
+                "weights": _qualified_weights(torchvision_builder(model), weights) if weights else None}
+    return {"library": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+
+
+def _timm_spec(model: nn.Module) -> dict[str, Any]:
+    cfg = dict(model.pretrained_cfg or {})
+    source = cfg.get("source") or "timm"
+    spec: dict[str, Any] = {"library": "timm", "architecture": cfg.get("architecture"), "tag": cfg.get("tag"),
+                            "source": source, "hf_hub_id": cfg.get("hf_hub_id"),
+                            "model_args": _jsonable(getattr(model, "_model_args", None) or {})}
+    if source == "local-dir":
+        spec["local_dir"] = os.path.abspath(cfg["file"])
+        spec["hf_hub_id"] = None
+    return spec
+
+
+def hub_base_model(spec: dict[str, Any]) -> str | None:
+    """The Hub repo id of the base weights, for the card's ``base_model`` (None for local folders)."""
+    if spec.get("library") == "timm":
+        hub_id = spec.get("hf_hub_id")
+    elif spec.get("library") == "transformers":
+        hub_id = spec.get("name_or_path")
+    else:
+        return None
+    if not hub_id or os.path.exists(hub_id) or hub_id.count("/") != 1 or hub_id.startswith((".", "/")):
+        return None
+    return hub_id
+
+
+def describe_base(spec: dict[str, Any]) -> str:
+    """One line naming the base model for humans (the card, error messages)."""
+    library = spec.get("library")
+    if library == "timm":
+        where = spec.get("local_dir") or spec.get("hf_hub_id") or spec.get("architecture")
+        return f"timm `{spec.get('architecture')}` ({where})"
+    if library == "transformers":
+        return f"transformers `{spec.get('class')}` ({spec.get('name_or_path') or 'no name or path'})"
+    if library == "torchvision":
+        return f"torchvision `{spec.get('builder')}` (weights {spec.get('weights') or 'not recorded'})"
+    return f"`{spec.get('class')}` (a model of your own)"
+
+
+def torchvision_builder(model: nn.Module) -> str | None:
+    """The torchvision builder that makes ``model``'s architecture (same class and parameter shapes), or None."""
+    import torchvision
+
+    shapes = _shapes(model)
+    for name in sorted(torchvision.models.list_models()):
+        builder = torchvision.models.get_model_builder(name)
+        if builder.__module__ != type(model).__module__:
+            continue
+        with torch.device("meta"):
+            try:
+                candidate = builder(weights=None)
+            except Exception:  # noqa: BLE001 - builders needing extra arguments are not candidates
+                continue
+        if type(candidate) is type(model) and _same_body(_shapes(candidate), shapes):
+            return name
+    return None
+
+
+def _same_body(a: dict[str, tuple[int, ...]], b: dict[str, tuple[int, ...]]) -> bool:
+    """Equal key sets and shapes, heads allowed to differ in their output size (first dimension)."""
+    return a.keys() == b.keys() and all(a[k][1:] == b[k][1:] for k in a)
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _qualified_weights(builder: str | None, weights: str) -> str:
+    """``"IMAGENET1K_V1"`` -> ``"MobileNet_V2_Weights.IMAGENET1K_V1"`` (validated against torchvision)."""
+    import torchvision
+
+    if builder is None:
+        return weights
+    enum = torchvision.models.get_model_weights(builder)
+    member = weights.rpartition(".")[2]
+    if member not in enum.__members__:
+        raise ValueError(f"{weights!r} is not a weights name of torchvision {builder}: use one of "
+                         f"{', '.join(enum.__members__)}.")
+    return f"{enum.__name__}.{member}"
+
+
+def quantization_of(model: nn.Module) -> dict[str, Any] | None:
+    """How :func:`peft_vision_ext.quantize` quantized the base, if it did."""
+    record = model.__dict__.get(QUANTIZATION_RECORD)
+    return dict(record) if record else None
+
+
+def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
+    """Every parametrised leaf inside the task heads (path -> module): type and weight shape, for resizing."""
+    leaves: dict[str, dict[str, Any]] = {}
+    for path, head in heads.items():
+        for name, module in head.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                leaves[f"{path}.{name}" if name else path] = {"type": type(module).__name__,
+                                                              "shape": list(module.weight.shape)}
+    return leaves
+
+
+def fingerprint(state: dict[str, torch.Tensor], skip_prefixes: list[str]) -> dict[str, str]:
+    """SHA-256 (16 hex digits) of every tensor, by name, leaving out the heads (they are retrained)."""
+    prints = {}
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or any(name == p or name.startswith(p + ".") for p in skip_prefixes):
+            continue
+        data = tensor.detach().to("cpu").contiguous()
+        digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        prints[name] = digest.hexdigest()[:16]
+    return prints
+
+
+def base_state_of_peft_model(peft_model: Any) -> dict[str, torch.Tensor]:
+    """The bare base model's state dict inside a PeftModel: adapter tensors out, ``base_layer`` unwrapped."""
+    adapter_names = set(peft_model.peft_config)
+    state = {}
+    for name, tensor in peft_model.get_base_model().state_dict().items():
+        parts = name.split(".")
+        if adapter_names.intersection(parts) or any(p in _WRAPPER_PARTS for p in parts):
+            continue
+        state[".".join(p for p in parts if p != "base_layer")] = tensor
+    return state
+
+
+def heads_of(peft_model: Any) -> dict[str, nn.Module]:
+    """The modules PEFT trains in full (``modules_to_save``) by path, as the base model had them before."""
+    return {name: module.original_module for name, module in peft_model.get_base_model().named_modules()
+            if type(module).__name__ == "ModulesToSaveWrapper"}
+
+
+def _to_dict(config: Any) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    return _jsonable(config.to_dict() if hasattr(config, "to_dict") else dict(config))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return str(value)
+
+
+def plugin_version() -> str:
+    return getattr(sys.modules.get("peft_vision_ext"), "__version__", "unknown")
