@@ -63,8 +63,12 @@ def mobilenet_v2_imagenet(num_classes: int | None = None) -> torch.nn.Module:
     """torchvision MobileNetV2 with the ImageNet weights; a fresh ``num_classes`` head when given."""
     import torchvision
 
+    from .hub import describe
+
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(mobilenet_v2_imagenet_state_dict())
+    # The same file as torchvision's IMAGENET1K_V1 (name and hash prefix): load_adapter rebuilds the base with it.
+    describe(model, base_weights="MobileNet_V2_Weights.IMAGENET1K_V1")
     if num_classes is not None:
         in_features = model.classifier[-1].in_features
         model.classifier[-1] = torch.nn.Linear(in_features, num_classes)

@@ -49,25 +49,26 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
     heads = heads_of(peft_model)
     info = card_info(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
+    base_state = base_state_of_peft_model(peft_model)
     adapters = {}
     for name, config in peft_model.peft_config.items():
         method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
         adapters[name] = {"method": method, "preset": config.__dict__.get(PRESET_ATTRIBUTE),
-                          "rank": getattr(config, "r", None) if method != "adalora" else getattr(config, "target_r", None)}
+                          "rank": getattr(config, "target_r" if method == "adalora" else "r", None)}
     return {
         "format_version": FORMAT_VERSION,
         "peft_vision_ext_version": plugin_version(),
         "task": info.task or infer_task(base),
         "dataset": info.dataset,
         "metrics": dict(info.metrics),
-        "base_model": base_spec(base),
+        "base_model": base_spec(base, base_state, list(heads)),
         "quantization": quantization_of(base),
         "modules_to_save": sorted(heads),
         "heads": head_shapes(heads),
         "adapters": adapters,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "base_fingerprint": fingerprint(base_state_of_peft_model(peft_model), list(heads)),
+        "base_fingerprint": fingerprint(base_state, list(heads)),
     }
 
 
@@ -115,7 +116,8 @@ def _section(meta: dict[str, Any]) -> str:
         rows.append(("Trained in full", ", ".join(f"`{h}`" for h in meta["modules_to_save"])))
     if meta["quantization"]:
         q = meta["quantization"]
-        rows.append(("Quantization", f"bitsandbytes {q['bits']}-bit" + (f" {q['quant_type']}" if q["quant_type"] else "")))
+        kind = f" {q['quant_type']}" if q["quant_type"] else ""
+        rows.append(("Quantization", f"bitsandbytes {q['bits']}-bit{kind}"))
     if meta["dataset"]:
         rows.append(("Dataset", meta["dataset"]))
     lines = [START, "## Vision adapter (peft-vision-ext)", "", "| | |", "|---|---|"]
@@ -124,7 +126,7 @@ def _section(meta: dict[str, Any]) -> str:
         lines += ["", "### Metrics", "", "| metric | value |", "|---|---:|"]
         lines += [f"| {name} | {value:.4g} |" for name, value in sorted(meta["metrics"].items())]
     lines += ["", "### Load", "", "```python", "import peft_vision_ext", "",
-              'model = peft_vision_ext.load_adapter("<this repo id or folder>")  # rebuilds the base, applies the adapter',
+              'model = peft_vision_ext.load_adapter("<this repo id or folder>")  # rebuilds the base, adds the adapter',
               "```", "", f"Saved with peft-vision-ext {meta['peft_vision_ext_version']}; `{METADATA_FILE}` holds what "
               "`load_adapter` needs to rebuild the base model and checks it is the same one.", END]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from ..errors import AdapterLoadError, BaseModelMismatchError
 from .describe import describe, record_preset
 from .metadata import METADATA_FILE, describe_base, fingerprint
 
+_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md")
 
 
@@ -151,7 +152,10 @@ def _transformers(spec: dict[str, Any], where: str) -> nn.Module:
 def _torchvision(spec: dict[str, Any], where: str) -> nn.Module:
     import torchvision
 
-    if not spec.get("builder") or not spec.get("weights"):
+    if not spec.get("builder"):
+        raise AdapterLoadError(f"load_adapter({where!r}): no torchvision builder makes this base's architecture "
+                               "(changed after it was built?); pass base_model=<the model it was trained on>.")
+    if not spec.get("weights"):
         raise AdapterLoadError(
             f"load_adapter({where!r}): the torchvision base {describe_base(spec)} has no recorded weights, and a "
             "random initialisation would not reproduce it. Pass base_model=..., or record the weights before saving: "
@@ -201,8 +205,14 @@ def verify_fingerprint(model: nn.Module, metadata: dict[str, Any], where: str) -
     detail = "; ".join(f"{label}: {', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}"
                        for label, names in (("different values", differing), ("missing", missing),
                                             ("unexpected", unexpected)) if names)
+    hint = ""
+    if all(name.rpartition(".")[2] in _NORM_STATISTICS for name in differing) and not missing + unexpected:
+        hint = (" Only BatchNorm running statistics differ: training in train mode updated them, and an adapter does "
+                "not save them. Keep norm layers in eval mode while training (peft_vision_ext.train."
+                "freeze_norm_statistics), or put them in modules_to_save.")
     raise BaseModelMismatchError(
         f"load_adapter({where!r}): the base model is not the one the adapter was trained on "
-        f"({describe_base(metadata['base_model'])}); {detail}. Its outputs would differ from the trained model's. "
-        "Pass base_model=<the exact model it was trained on>, or verify_base=False to load it anyway.", problems)
+        f"({describe_base(metadata['base_model'])}); {detail}. Its outputs would differ from the trained model's."
+        f"{hint} Pass base_model=<the exact model it was trained on>, or verify_base=False to load it anyway.",
+        problems)
 

@@ -43,8 +43,12 @@ def is_vision_model(model: nn.Module) -> bool:
     return library is not None or card_info(model).task is not None
 
 
-def base_spec(model: nn.Module) -> dict[str, Any]:
-    """Library-specific recipe for the bare base model (weights included where the library records them)."""
+def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
+              heads: list[str] | None = None) -> dict[str, Any]:
+    """Library-specific recipe for the bare base model (weights included where the library records them).
+
+    ``state``/``heads``: the bare base's state dict and head paths when ``model`` already carries adapters.
+    """
     library = library_of(model)
     if library == "timm":
         return _timm_spec(model)
@@ -54,9 +58,10 @@ def base_spec(model: nn.Module) -> dict[str, Any]:
                 "name_or_path": getattr(config, "_name_or_path", None) or None,
                 "quantization_config": _to_dict(getattr(config, "quantization_config", None))}
     if library == "torchvision":
+        builder = torchvision_builder(model, model.state_dict() if state is None else state, heads or [])
         weights = card_info(model).base_weights
-        return {"library": "torchvision", "builder": torchvision_builder(model),
-                "weights": _qualified_weights(torchvision_builder(model), weights) if weights else None}
+        return {"library": "torchvision", "builder": builder,
+                "weights": _qualified_weights(builder, weights) if weights else None}
     return {"library": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
@@ -98,11 +103,16 @@ def describe_base(spec: dict[str, Any]) -> str:
     return f"`{spec.get('class')}` (a model of your own)"
 
 
-def torchvision_builder(model: nn.Module) -> str | None:
-    """The torchvision builder that makes ``model``'s architecture (same class and parameter shapes), or None."""
+def torchvision_builder(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
+                        heads: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The torchvision builder that makes ``model``'s architecture (same class, same shapes outside the heads)."""
     import torchvision
 
-    shapes = _shapes(model)
+    if state is None:
+        from ..presets import detect_family
+
+        state, heads = model.state_dict(), list(detect_family(model).heads)
+    shapes = _shapes(state, heads)
     for name in sorted(torchvision.models.list_models()):
         builder = torchvision.models.get_model_builder(name)
         if builder.__module__ != type(model).__module__:
@@ -112,18 +122,18 @@ def torchvision_builder(model: nn.Module) -> str | None:
                 candidate = builder(weights=None)
             except Exception:  # noqa: BLE001 - builders needing extra arguments are not candidates
                 continue
-        if type(candidate) is type(model) and _same_body(_shapes(candidate), shapes):
+        if type(candidate) is type(model) and _shapes(candidate.state_dict(), heads) == shapes:
             return name
     return None
 
 
-def _same_body(a: dict[str, tuple[int, ...]], b: dict[str, tuple[int, ...]]) -> bool:
-    """Equal key sets and shapes, heads allowed to differ in their output size (first dimension)."""
-    return a.keys() == b.keys() and all(a[k][1:] == b[k][1:] for k in a)
+def _shapes(state: dict[str, torch.Tensor], heads: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes by name outside the heads (a new head changes the output size, not the architecture)."""
+    return {name: tuple(t.shape) for name, t in state.items() if not _under(name, heads)}
 
 
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+def _under(name: str, prefixes: list[str] | tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def _qualified_weights(builder: str | None, weights: str) -> str:
@@ -161,7 +171,7 @@ def fingerprint(state: dict[str, torch.Tensor], skip_prefixes: list[str]) -> dic
     """SHA-256 (16 hex digits) of every tensor, by name, leaving out the heads (they are retrained)."""
     prints = {}
     for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or any(name == p or name.startswith(p + ".") for p in skip_prefixes):
+        if not isinstance(tensor, torch.Tensor) or _under(name, skip_prefixes):
             continue
         data = tensor.detach().to("cpu").contiguous()
         digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())

@@ -119,7 +119,8 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
     setattr(model, "is_loaded_in_4bit" if bits == 4 else "is_loaded_in_8bit", True)
     # Recorded so a saved adapter can say how its base was quantized and load_adapter can redo it.
     model.__dict__[QUANTIZATION_RECORD] = {
-        "bits": bits, "quant_type": quant_type if bits == 4 else None, "double_quant": double_quant if bits == 4 else None,
+        "bits": bits, "quant_type": quant_type if bits == 4 else None,
+        "double_quant": double_quant if bits == 4 else None,
         "compute_dtype": str(compute_dtype).removeprefix("torch."), "skip": None if skip is None else list(skip),
         "int8_threshold": int8_threshold if bits == 8 else None,
     }
