@@ -243,6 +243,16 @@ def _stand_in(module: nn.Module, kind: LayerKind) -> nn.Module | None:
     return None
 
 
+_SHAPE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "embed_dim", "num_heads", "batch_first")
+
+
+def _shape_key(module: nn.Module, kind: LayerKind) -> tuple:
+    """What makes two layers' adapters the same size (the stand-in's arguments), without allocating a stand-in."""
+    bias = getattr(module, "bias", None) is not None or getattr(module, "in_proj_bias", None) is not None
+    return (kind, type(module).__name__, bias, *(getattr(module, name, None) for name in _SHAPE_ATTRIBUTES))
+
+
 def _is_feedforward(config: Any, path: str) -> bool:
     feedforward = getattr(config, "feedforward_modules", None) or []
     if isinstance(feedforward, str):
@@ -304,8 +314,7 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     checked = []
     for item in report.modules:
         module = _base_layer(modules[item.path])
-        key = (item.kind, repr(_stand_in(module, item.kind)), _rank_for(config, item.path),
-               _is_feedforward(config, item.path))
+        key = (_shape_key(module, item.kind), _rank_for(config, item.path), _is_feedforward(config, item.path))
         if item.train.status is not Status.REFUSED and key not in counts:
             counts[key] = _count_adapter(config, module, item.kind, item.path)
         checked.append(ModuleCheck(item.path, item.kind, item.train, item.merge, item.base_params, counts.get(key)))

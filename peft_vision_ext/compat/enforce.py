@@ -61,15 +61,11 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
                         merge_refused[0].merge.reason)
         kinds = {m.kind for m in report.modules}
     else:
-        kinds = {layer_kind(_base_layer(module)) for _, module in _targets(model, config)}
+        from ..peft_hooks import targeted_modules  # local: peft_hooks imports this module
+
+        kinds = {layer_kind(_base_layer(module)) for _, module in targeted_modules(model, config)}
     _mark_quantized(model, kinds)
     _last.checked = (weakref.ref(model), weakref.ref(config), targets) if enforcing() else None
-
-
-def _targets(model: nn.Module, config: Any) -> list[tuple[str, nn.Module]]:
-    from ..peft_hooks import targeted_modules
-
-    return targeted_modules(model, config)
 
 
 def _holds(module: nn.Module, adapter: str) -> bool:
