@@ -67,9 +67,9 @@ def _peft_config(model: nn.Module, settings: TrainSettings, total_steps: int) ->
 
 def run(settings: TrainSettings) -> dict[str, object]:
     import peft
+    from tqdm.auto import tqdm
 
     from .hub import describe, load_adapter
-    from tqdm.auto import tqdm
 
     torch.manual_seed(settings.seed)
     x_train, y_train, x_test, y_test = mnist_split(settings.train_size, settings.test_size, settings.seed)
