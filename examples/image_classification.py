@@ -292,6 +292,17 @@ class ClassificationTrainer(Trainer):
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, dataset: DigitsDataset, batch_size: int) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        logits = _logits(model(dataset.pixel_values[start : start + batch_size].to(device)))
+        correct += (logits.argmax(-1).cpu() == dataset.labels[start : start + batch_size]).sum().item()
+    return correct / len(dataset)
+
+
 def compute_metrics(eval_prediction: object) -> dict[str, float]:
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     return {"accuracy": float((logits.argmax(-1) == labels).mean())}
@@ -392,8 +403,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         callbacks.insert(0, adalora_callback)  # before LogRecorder, which then sees adalora_budget
     trainer = ClassificationTrainer(model=peft_model, args=training_args, train_dataset=train_set,
                                     eval_dataset=test_set, compute_metrics=compute_metrics, callbacks=callbacks)
-    accuracy_before = trainer.evaluate()["eval_accuracy"]
+    # Not trainer.evaluate() before train(): under DDP it marks the model as prepared (evaluation mode, unwrapped)
+    # and train() then skips the DistributedDataParallel wrapping: ranks would train apart without syncing.
+    accuracy_before = evaluate_accuracy(peft_model, test_set, training_args.per_device_eval_batch_size)
     train_result = trainer.train()
+    wrapper = type(trainer.model_wrapped).__name__
+    if world_size > 1 and wrapper != "DistributedDataParallel":
+        raise RuntimeError(f"{world_size} processes but the trained model is a {wrapper}, not DDP: gradients were "
+                           "not synchronised.")
     evaluation = trainer.evaluate()
     accuracy = evaluation["eval_accuracy"]
     if main_process:
@@ -407,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "trainable_share": trainable / total, "accuracy_before": accuracy_before, "accuracy": accuracy,
         "eval_loss": evaluation["eval_loss"], "train_loss": train_result.training_loss,
         "train_steps": trainer.state.global_step, "train_runtime_s": train_result.metrics["train_runtime"],
-        "world_size": world_size,
+        "world_size": world_size, "trained_model_wrapper": wrapper,
         "torch_distributed_world_size": torch.distributed.get_world_size()
         if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
         "base_dir": None if args.no_save_base else base_dir, "output_dir": out,

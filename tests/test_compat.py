@@ -277,3 +277,25 @@ def test_refusals_come_back_after_allow_unsupported() -> None:
             get_peft_model(tiny_model(LayerKind.MHA), cell_config("ia3"))  # PEFT's own error
         with pytest.raises(UnsupportedCombinationError):
             get_peft_model(tiny_model(LayerKind.MHA), cell_config("ia3"))
+
+
+def test_modules_to_save_suffix_matches_are_warned_about():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.head = torch.nn.Linear(4, 2)
+            self.auxiliary_head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean((2, 3)))
+
+    with pytest.warns(UserWarning, match=r"'head' also matches auxiliary_head \(PEFT matches names by string suffix\)"
+                                         r": 10 more parameters"):
+        peft_model = peft.get_peft_model(TwoHeads(), peft.LoraConfig(r=2, target_modules=["conv"],
+                                                                    modules_to_save=["head"]))
+    wrapped = {n for n, m in peft_model.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"}
+    assert wrapped == {"base_model.model.head", "base_model.model.auxiliary_head"}  # what the warning says
+    from peft_vision_ext.compat.enforce import suffix_surprises
+
+    assert suffix_surprises(TwoHeads(), ["model.head", "conv"]) == {}

@@ -38,6 +38,30 @@ def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
                         type(model).__name__, flag)
 
 
+def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dict[str, list[str]]:
+    """modules_to_save entry -> modules PEFT also wraps because it matches names by plain string suffix.
+
+    PEFT trains in full every module whose path ends with an entry: ``head`` also catches ``auxiliary_head`` and
+    ``decode_head``, ``classifier`` also ``aux_classifier``. Whole-name matches (``x.head``) are what users mean.
+    """
+    surprises: dict[str, list[str]] = {}
+    for key in modules_to_save or []:
+        for name, _ in model.named_modules():
+            if name.endswith(key) and name != key and not name.endswith("." + key):
+                surprises.setdefault(key, []).append(name)
+    return surprises
+
+
+def _warn_suffix_surprises(model: nn.Module, config: Any) -> None:
+    saved = getattr(config, "modules_to_save", None)
+    for key, names in suffix_surprises(model, list(saved) if saved else None).items():
+        extra = sum(p.numel() for name in names for p in model.get_submodule(name).parameters())
+        _warn_once(f"modules_to_save entry {key!r} also matches {', '.join(names[:3])}"
+                   f"{f' and {len(names) - 3} more' if len(names) > 3 else ''} (PEFT matches names by string "
+                   f"suffix): {extra:,} more parameters will be trained in full and saved. If that is not intended, "
+                   "rename the module or list a longer, unambiguous path.")
+
+
 def enforce_injection(model: nn.Module, config: Any) -> None:
     """Before PEFT replaces any module: refuse what the matrix refuses, warn what it warns about.
 
@@ -48,6 +72,7 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
     last = getattr(_last, "checked", None)  # weak references: a new object may reuse a dead one's id
     if last is not None and last[0]() is model and last[1]() is config and last[2] == targets:
         return
+    _warn_suffix_surprises(model, config)
     if enforcing():
         report = inspect_targets(model, config)
         error = report.error(Operation.TRAIN)
