@@ -50,7 +50,9 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import peft_vision_ext
+from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import mnist_split, mobilenet_v2_imagenet_state_dict, to_imagenet_tensor
+from peft_vision_ext.train import freeze_norm_statistics
 
 NUM_CLASSES = 10
 METHODS = ("lora", "loha", "lokr", "adalora")
@@ -98,8 +100,6 @@ def build_base(spec: str, image_size: int) -> tuple[nn.Module, str]:
     """A new classification model with a fresh 10-class head, and a note on where its weights come from."""
     library, _, name = spec.partition(":")
     if library == "timm":
-        import timm
-
         model = _timm_create(name, image_size)
         if name == "mobilenetv2_100":
             _load_by_position(model, mobilenet_v2_imagenet_state_dict())
@@ -243,35 +243,6 @@ class DigitsDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
 
 
-def freeze_norm_statistics(model: nn.Module) -> None:
-    """BatchNorm layers whose parameters are frozen (base-model state the adapter does not save) -> eval mode.
-
-    BatchNorms inside ``modules_to_save`` copies train and are saved with the adapter: they stay in train mode.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            if not any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.eval()
-
-
-def adalora_orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
-    """AdaLoRA's ``orth_reg_weight * mean ||P P^T - I||_F`` over lora_A / lora_B (as ``AdaLoraModel.forward``)."""
-    from peft.tuners.adalora import AdaLoraModel
-
-    inner = getattr(model, "module", model)  # DDP
-    tuner = getattr(inner, "base_model", None)
-    if not isinstance(tuner, AdaLoraModel):
-        return None
-    adapter = tuner.trainable_adapter_name
-    weight = tuner.peft_config[adapter].orth_reg_weight
-    terms = []
-    for name, p in tuner.model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and adapter in name and p.requires_grad:
-            cov = p @ p.T if "lora_A" in name else p.T @ p
-            terms.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)))
-    return weight * torch.stack(terms).mean() if terms else None
-
-
 class ClassificationTrainer(Trainer):
     """Cross-entropy on ``model(pixel_values)``: timm/torchvision models return logits, transformers ``.logits``."""
 
@@ -281,12 +252,12 @@ class ClassificationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            freeze_norm_statistics(model)  # Trainer calls model.train() before every step
+            freeze_norm_statistics(model, frozen_only=True)  # Trainer calls model.train() before every step
         outputs = model(inputs["pixel_values"])
         logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
         loss = F.cross_entropy(logits, inputs["labels"])
         if model.training:
-            regularization = adalora_orthogonal_regularization(model)
+            regularization = orthogonal_regularization(model)
             if regularization is not None:
                 loss = loss + regularization
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -356,12 +327,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     out = os.path.abspath(args.output_dir)
     base_dir = os.path.join(out, "base")
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    # Without an accelerator, Trainer only runs multi-process (gloo) when told to use the CPU.
+    use_cpu = args.cpu or (launched_processes > 1 and not _has_accelerator())
     training_args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=250,
         num_train_epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.lr, seed=args.seed,
         data_seed=args.seed, eval_strategy="no", save_strategy="no", report_to=[], remove_unused_columns=False,
-        label_names=["labels"], dataloader_num_workers=0, use_cpu=args.cpu, disable_tqdm=args.no_progress,
+        label_names=["labels"], dataloader_num_workers=0, use_cpu=use_cpu, disable_tqdm=args.no_progress,
         logging_steps=10, lr_scheduler_type="linear", warmup_steps=0)
+    if training_args.world_size != launched_processes:
+        raise RuntimeError(f"{launched_processes} processes were launched but Trainer sees world size "
+                           f"{training_args.world_size}; pass --cpu to train on CPUs.")
     main_process = training_args.process_index == 0
     world_size = training_args.world_size
     started = time.perf_counter()
@@ -390,9 +367,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     peft_model = peft.get_peft_model(model, config)
     preset = args.preset or peft_vision_ext.presets.resolve_default(model, args.method).preset
     trainable, total = peft_model.get_nb_trainable_parameters()
+    targets = len(peft_model.base_model.targeted_module_names)
     if main_process:
         print(f"model {args.model} ({weights_note}); {args.method} r={args.rank}, preset {preset}: "
-              f"{len(peft_model.base_model.targeted_module_names)} target modules, modules_to_save={config.modules_to_save}; "
+              f"{targets} target modules, modules_to_save={config.modules_to_save}; "
               f"quantization {args.quantization}; world size {world_size}")
         print(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
@@ -420,7 +398,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     summary: dict[str, object] = {
         "task": "image-classification", "model": args.model, "base_weights": weights_note, "method": args.method,
         "preset": preset, "rank": args.rank, "quantization": args.quantization,
-        "target_modules": len(peft_model.base_model.targeted_module_names), "trainable_params": trainable, "total_params": total,
+        "target_modules": targets, "trainable_params": trainable, "total_params": total,
         "trainable_share": trainable / total, "accuracy_before": accuracy_before, "accuracy": accuracy,
         "eval_loss": evaluation["eval_loss"], "train_loss": train_result.training_loss,
         "train_steps": trainer.state.global_step, "train_runtime_s": train_result.metrics["train_runtime"],
@@ -428,12 +406,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "torch_distributed_world_size": torch.distributed.get_world_size()
         if torch.distributed.is_available() and torch.distributed.is_initialized() else 1,
         "base_dir": None if args.no_save_base else base_dir, "output_dir": out,
+        "versions": _versions(),
     }
     if adalora_callback is not None:
         budgets = [entry["adalora_budget"] for entry in callbacks[1].logs if "adalora_budget" in entry]
         state = adalora_rank_state(peft_model)
-        summary.update(adalora_budget=adalora_callback.budget, adalora_budget_logged=budgets,
-                       adalora_ranks={k: v for k, v in state["nonzero_E"].items()}, adalora_init_r=state["init_r"])
+        summary.update(adalora_budget_logged=budgets, adalora_ranks=state["nonzero_E"], adalora_init_r=state["init_r"],
+                       adalora_target_r=state["target_r"])
     if args.dump_rank_state:
         dump_rank_state(peft_model, out, training_args.process_index,
                         {"world_size": world_size, "global_step": trainer.state.global_step, "accuracy": accuracy})
@@ -463,6 +442,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print("RESULT " + json.dumps({k: v for k, v in summary.items() if k not in ("adalora_budget_logged",
                                                                                   "adalora_ranks")}))
     return summary
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "peft_vision_ext": peft_vision_ext.__version__}
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    return any(getattr(torch, name, None) is not None and getattr(torch, name).is_available()
+               for name in ("xpu", "npu", "mlu", "musa"))
 
 
 def _logits(outputs: object) -> torch.Tensor:

@@ -132,3 +132,71 @@ def test_trainer_with_callback_does_not_warn(tmp_path):
         warnings.simplefilter("always")
         trainer.train()
     assert not [w for w in caught if "ranks are not being allocated" in str(w.message)]
+
+
+
+def _sync_check_worker(rank, port, results):
+    import os
+    import types
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from peft_vision_ext.adalora.callback import check_ranks_in_sync, find_adalora_tuner
+
+        args = types.SimpleNamespace(distributed_state=types.SimpleNamespace(distributed_type="MULTI_CPU"))
+        for case, seed in (("in-sync", 0), ("diverged", rank)):
+            torch.manual_seed(seed)
+            model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))
+            peft_model = peft.get_peft_model(model, peft.AdaLoraConfig(init_r=2, target_r=1, total_step=10,
+                                                                       target_modules=["0", "1"]))
+            try:
+                check_ranks_in_sync(find_adalora_tuner(peft_model), args)
+            except RuntimeError as error:
+                results.put((case, str(error)))
+            else:
+                results.put((case, ""))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_callback_detects_processes_that_diverged():
+    """The DDP check the callback runs after the first optimizer step (gloo, 2 processes)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_sync_check_worker, args=(rank, port, results)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    outcome = [results.get(timeout=180) for _ in range(4)]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(message for case, message in outcome if case == "in-sync") == ["", ""]
+    diverged = [message for case, message in outcome if case == "diverged"]
+    assert len(diverged) == 2 and all("trainer.evaluate() before trainer.train()" in m for m in diverged)
+
+
+def test_orthogonal_regularization_equals_peft_and_is_none_for_other_methods():
+    import transformers
+
+    from peft_vision_ext.adalora import orthogonal_regularization
+
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=3)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    model = peft.get_peft_model(transformers.ViTForImageClassification(config),
+                                peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10))
+    plain = model.get_base_model()(pixel_values=x, labels=y).loss
+    with_term = model.base_model(pixel_values=x, labels=y).loss  # AdaLoraModel.forward adds it to a model loss
+    assert torch.allclose(with_term - plain, orthogonal_regularization(model))
+    assert orthogonal_regularization(model.base_model) is not None
+    lora = peft.get_peft_model(transformers.ViTForImageClassification(config), peft.LoraConfig(r=2))
+    assert orthogonal_regularization(lora) is None  # (transformers' base_model property points to itself)

@@ -219,3 +219,20 @@ def test_bnb_config_keeps_heads_for_from_pretrained(key: str, tmp_path: Path) ->
     adapted = get_peft_model(loaded, peft.LoraConfig(r=4))
     model_output(adapted(x)).sum().backward()
     assert adapted.base_model.model.classifier.modules_to_save["default"].weight.grad is not None
+
+
+def test_bnb_config_quant_storage_for_fsdp(tmp_path: Path) -> None:
+    """FSDP flattens the packed 4-bit weights with the other parameters: their storage dtype must match."""
+    import transformers
+
+    model, x = _build("hf-vit")
+    model.save_pretrained(tmp_path)
+    quantization = pve.bnb_config(transformers.AutoConfig.from_pretrained(tmp_path), bits=4,
+                                  quant_storage=torch.bfloat16)
+    assert quantization.bnb_4bit_quant_storage == torch.bfloat16
+    loaded = type(model).from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu",
+                                         dtype=torch.float32)
+    planned = pve.quantization.plan(model, 4).layers
+    assert {loaded.get_submodule(name).weight.dtype for name in planned} == {torch.bfloat16}
+    adapted = get_peft_model(loaded, peft.LoraConfig(r=4))
+    model_output(adapted(x)).sum().backward()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .layer import AdaLoraConv2d
+from .regularization import orthogonal_regularization
 
-__all__ = ["AdaLoraConv2d", "AdaLoraCallback"]
+__all__ = ["AdaLoraConv2d", "AdaLoraCallback", "orthogonal_regularization"]
 
 
 def __getattr__(name: str) -> Any:

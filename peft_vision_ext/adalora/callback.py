@@ -40,6 +40,35 @@ def find_adalora_tuner(model: Any) -> Any:
     return tuner if isinstance(tuner, AdaLoraModel) else None
 
 
+def check_ranks_in_sync(tuner: Any, args: Any) -> None:
+    """Under data parallelism every process must hold the same adapter after the first optimizer step, or each
+    allocates its own ranks from its own gradients. Raises when they differ (a checksum per process).
+
+    Only for plain data parallelism (DDP): FSDP and DeepSpeed ZeRO-3 shard parameters, so per-process sums differ
+    legitimately there.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    distributed = getattr(getattr(args, "distributed_state", None), "distributed_type", None)
+    if not str(getattr(distributed, "value", distributed)).upper().startswith("MULTI_"):
+        return
+    parameters = [p.detach() for p in tuner.model.parameters() if p.requires_grad]
+    device = parameters[0].device if parameters else torch.device("cpu")
+    local = torch.stack([sum(p.double().sum() for p in parameters), sum(p.double().abs().sum() for p in parameters)])
+    local = local.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    if any(not torch.equal(other, gathered[0]) for other in gathered[1:]):
+        raise RuntimeError(
+            "AdaLoraCallback: the processes hold different adapter weights after the first optimizer step, so their "
+            "gradients are not synchronised and each would allocate different AdaLoRA ranks. Known cause: calling "
+            "trainer.evaluate() before trainer.train() makes accelerate treat the model as prepared and skip the "
+            "DistributedDataParallel wrapper (transformers 4.57-5.24, accelerate 1.15). Evaluate after training, or "
+            "with your own loop, instead.")
+
+
 class AdaLoraCallback(TrainerCallback):
     """Runs AdaLoRA's rank allocation under ``transformers.Trainer``: ``Trainer(..., callbacks=[AdaLoraCallback()])``.
 
@@ -88,12 +117,18 @@ class AdaLoraCallback(TrainerCallback):
         if tuner is None:
             return
         step = state.global_step  # optimizer steps completed before this one: 0, 1, ...
+        if step == 0:
+            check_ranks_in_sync(tuner, args)
         tuner.update_and_allocate(step)
         self.budget = adalora_budget(tuner, step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        if logs is not None and self.budget is not None:
-            logs["adalora_budget"] = self.budget
+        if logs is None or self.budget is None:
+            return
+        logs["adalora_budget"] = self.budget
+        # Trainer appends the entry to log_history before calling the callbacks: put it there too.
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1]["adalora_budget"] = self.budget
 
     def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)

@@ -30,7 +30,7 @@ def _skeleton(model_or_config: Any) -> nn.Module:
 
 
 def bnb_config(model_or_config: Any, bits: int = 4, quant_type: str = "nf4", double_quant: bool = True,
-               compute_dtype: torch.dtype = torch.float32) -> Any:
+               compute_dtype: torch.dtype = torch.float32, quant_storage: torch.dtype = torch.uint8) -> Any:
     """A ``BitsAndBytesConfig`` for ``from_pretrained`` that quantizes the blocks' Linear layers only.
 
     transformers' own default quantizes every Linear but the LM head, so a vision classifier, decode head or a
@@ -42,6 +42,8 @@ def bnb_config(model_or_config: Any, bits: int = 4, quant_type: str = "nf4", dou
             repo, quantization_config=bnb_config(config), dtype=torch.float32)
 
     ``dtype=torch.float32`` keeps the head and norms in fp32 (transformers 4 loads them in fp16 otherwise).
+    ``quant_storage`` (4-bit): the dtype the packed weights are stored as; under FSDP it must equal the dtype FSDP
+    shards the other parameters in (e.g. ``torch.bfloat16``), or the packed weights cannot be flattened with them.
     """
     from transformers import BitsAndBytesConfig
 
@@ -53,5 +55,5 @@ def bnb_config(model_or_config: Any, bits: int = 4, quant_type: str = "nf4", dou
     if bits == 4:
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                                   bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype,
-                                  llm_int8_skip_modules=kept)
+                                  bnb_4bit_quant_storage=quant_storage, llm_int8_skip_modules=kept)
     return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=kept)
