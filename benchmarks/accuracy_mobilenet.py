@@ -32,7 +32,7 @@ def child(name: str, seed: int, epochs: int, train_size: int, test_size: int, im
     import peft
 
     from peft_vision_ext.data import mnist_split, mobilenet_v2_imagenet, to_imagenet_tensor
-    from peft_vision_ext.train import TrainSettings, _peft_config
+    from peft_vision_ext.train import method_config
 
     warnings.filterwarnings("ignore")
     from _common import accuracy, peak_mib, reset_peak, train, trainable
@@ -49,7 +49,7 @@ def child(name: str, seed: int, epochs: int, train_size: int, test_size: int, im
         model.classifier.requires_grad_(True)
     else:
         steps = epochs * ((len(x) + batch - 1) // batch)
-        model = peft.get_peft_model(model, _peft_config(model, TrainSettings(method=method, rank=rank), steps))
+        model = peft.get_peft_model(model, method_config(model, method, rank=rank, total_steps=steps))
     adalora = model.base_model if method == "adalora" else None
     params, total = trainable(model)
     start_mib = reset_peak()

@@ -52,7 +52,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 import peft_vision_ext
 from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import mnist_split, mobilenet_v2_imagenet_state_dict, to_imagenet_tensor
-from peft_vision_ext.train import freeze_norm_statistics
+from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config
 
 NUM_CLASSES = 10
 METHODS = ("lora", "loha", "lokr", "adalora")
@@ -216,33 +216,7 @@ def quantize_base(model: nn.Module, quantization: str) -> nn.Module:
         raise SystemExit(f"error: --quantization {quantization}: {error}") from None
 
 
-def peft_config(model: nn.Module, method: str, preset: str | None, rank: int, total_steps: int) -> object:
-    from peft_vision_ext.presets import preset_config
-
-    if method == "adalora":
-        kwargs = dict(init_r=rank, target_r=max(1, rank // 2), lora_alpha=2 * rank, total_step=total_steps,
-                      tinit=total_steps // 10, tfinal=total_steps // 5)
-    elif method == "lora":
-        kwargs = dict(r=rank, lora_alpha=2 * rank)
-    else:  # loha, lokr
-        kwargs = dict(r=rank, alpha=2 * rank)
-    return preset_config(model, method, preset, **kwargs)
-
-
 # ------------------------------------------------------------------------------------------------ training
-class DigitsDataset(torch.utils.data.Dataset):
-    """``{"pixel_values", "labels"}`` dicts: what Trainer's default data collator stacks into a batch."""
-
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixel_values, self.labels = pixel_values, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
-
-
 class ClassificationTrainer(Trainer):
     """Cross-entropy on ``model(pixel_values)``: timm/torchvision models return logits, transformers ``.logits``."""
 
@@ -264,7 +238,7 @@ class ClassificationTrainer(Trainer):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, dataset: DigitsDataset, batch_size: int) -> float:
+def evaluate_accuracy(model: nn.Module, dataset: PixelDataset, batch_size: int) -> float:
     model.eval()
     device = next(model.parameters()).device
     correct = 0
@@ -344,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     started = time.perf_counter()
 
     x_train, y_train, x_test, y_test = mnist_split(args.train_size, args.test_size, args.seed)
-    train_set = DigitsDataset(to_imagenet_tensor(x_train, args.image_size), torch.from_numpy(y_train))
-    test_set = DigitsDataset(to_imagenet_tensor(x_test, args.image_size), torch.from_numpy(y_test))
+    train_set = PixelDataset(to_imagenet_tensor(x_train, args.image_size), torch.from_numpy(y_train))
+    test_set = PixelDataset(to_imagenet_tensor(x_test, args.image_size), torch.from_numpy(y_test))
 
     # The base: built (and saved) by the main process of each node, rebuilt from the folder everywhere.
     torch.manual_seed(args.seed)
@@ -363,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
         args.epochs * steps_per_epoch(len(train_set), args.batch_size, world_size))
-    config = peft_config(model, args.method, args.preset, args.rank, total_steps)
+    config = method_config(model, args.method, args.preset, args.rank, total_steps)
     peft_model = peft.get_peft_model(model, config)
     preset = args.preset or peft_vision_ext.presets.resolve_default(model, args.method).preset
     trainable, total = peft_model.get_nb_trainable_parameters()

@@ -40,7 +40,7 @@ from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trai
 import peft_vision_ext
 from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import nuclei_split
-from peft_vision_ext.train import freeze_norm_statistics
+from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config
 
 METHODS = ("lora", "loha", "lokr", "adalora")
 CLASSES = ("background", "nucleus")
@@ -97,17 +97,6 @@ def dihedral(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(views + [v.flip(-1) for v in views])
 
 
-class TileDataset(torch.utils.data.Dataset):
-    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixel_values, self.labels = pixel_values, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
-
-
 # ------------------------------------------------------------------------------------------------- metrics
 def segmentation_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Pixel accuracy, per-class IoU and mIoU (mean over background and nucleus), pooled over all test pixels."""
@@ -138,7 +127,7 @@ def compute_metrics(eval_prediction: object) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: TileDataset, batch_size: int = 16) -> dict[str, float]:
+def evaluate(model: nn.Module, dataset: PixelDataset, batch_size: int = 16) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     predictions = []
@@ -184,19 +173,6 @@ def training_arguments(args: argparse.Namespace, output_dir: str, max_steps: int
         lr_scheduler_type="linear", warmup_steps=0)
 
 
-def peft_config(model: nn.Module, method: str, preset: str | None, rank: int, total_steps: int) -> object:
-    from peft_vision_ext.presets import preset_config
-
-    if method == "adalora":
-        kwargs = dict(init_r=rank, target_r=max(1, rank // 2), lora_alpha=2 * rank, total_step=total_steps,
-                      tinit=total_steps // 10, tfinal=total_steps // 5)
-    elif method == "lora":
-        kwargs = dict(r=rank, lora_alpha=2 * rank)
-    else:
-        kwargs = dict(r=rank, alpha=2 * rank)
-    return preset_config(model, method, preset, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> dict[str, object]:
     import peft
 
@@ -205,8 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     base_dir = os.path.join(out, "base")
     started = time.perf_counter()
     x_train, y_train, x_test, y_test = nuclei_split(n_test=args.n_test, tile=64, seed=args.seed)
-    train_set = TileDataset(dihedral(to_pixel_values(x_train)), dihedral(torch.from_numpy(y_train)))
-    test_set = TileDataset(to_pixel_values(x_test), torch.from_numpy(y_test))
+    train_set = PixelDataset(dihedral(to_pixel_values(x_train)), dihedral(torch.from_numpy(y_train)))
+    test_set = PixelDataset(to_pixel_values(x_test), torch.from_numpy(y_test))
 
     # 1. The base: a saved SegFormer, or the tiny random-init one trained in full for --pretrain-steps.
     pretrain_args = training_arguments(args, out, max(args.pretrain_steps, 1),
@@ -241,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     world_size = pretrain_args.world_size
     per_epoch = math.ceil(math.ceil(len(train_set) / world_size) / args.batch_size)
     total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.epochs * per_epoch)
-    config = peft_config(model, args.method, args.preset, args.rank, total_steps)
+    config = method_config(model, args.method, args.preset, args.rank, total_steps)
     peft_model = peft.get_peft_model(model, config)
     preset = args.preset or peft_vision_ext.presets.resolve_default(model, args.method).preset
     trainable, total = peft_model.get_nb_trainable_parameters()

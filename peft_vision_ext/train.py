@@ -35,6 +35,21 @@ class TrainSettings:
     progress: bool = True
 
 
+class PixelDataset(torch.utils.data.Dataset):
+    """``{"pixel_values", "labels"}`` items from two aligned tensors: what Trainer's default collator batches."""
+
+    def __init__(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(pixel_values) != len(labels):
+            raise ValueError(f"{len(pixel_values)} images but {len(labels)} labels")
+        self.pixel_values, self.labels = pixel_values, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+
 def freeze_norm_statistics(model: nn.Module, frozen_only: bool = False) -> None:
     """Keep BatchNorm running statistics fixed: they are base-model state that an adapter does not save.
 
@@ -58,17 +73,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
-def _peft_config(model: nn.Module, settings: TrainSettings, total_steps: int) -> object:
+def method_config(model: nn.Module, method: str, preset: str | None = None, rank: int = 8,
+                  total_steps: int | None = None) -> object:
+    """The config this package's jobs use for ``method`` at ``rank`` (alpha = 2 x rank; AdaLoRA prunes from
+    ``init_r=rank`` to an average of ``rank // 2`` over ``total_steps``, warm-up 10 %, final phase 20 %)."""
     from .presets import preset_config
 
-    kwargs: dict[str, object] = {"r": settings.rank}
-    if settings.method in ("lora", "loha", "lokr", "adalora"):
-        kwargs["alpha" if settings.method in ("loha", "lokr") else "lora_alpha"] = 2 * settings.rank
-    if settings.method == "adalora":
-        kwargs.update(init_r=settings.rank, target_r=max(1, settings.rank // 2), total_step=total_steps,
-                      tinit=total_steps // 10, tfinal=total_steps // 5)
-        kwargs.pop("r")
-    return preset_config(model, settings.method, settings.preset, **kwargs)
+    if method == "adalora":
+        if not total_steps:
+            raise ValueError("AdaLoRA needs total_steps (its rank schedule spans the whole run).")
+        kwargs: dict[str, object] = dict(init_r=rank, target_r=max(1, rank // 2), lora_alpha=2 * rank,
+                                         total_step=total_steps, tinit=total_steps // 10, tfinal=total_steps // 5)
+    elif method == "lora":
+        kwargs = dict(r=rank, lora_alpha=2 * rank)
+    elif method in ("loha", "lokr"):
+        kwargs = dict(r=rank, alpha=2 * rank)
+    else:
+        kwargs = dict(r=rank)
+    return preset_config(model, method, preset, **kwargs)
 
 
 def run(settings: TrainSettings) -> dict[str, object]:
@@ -86,7 +108,7 @@ def run(settings: TrainSettings) -> dict[str, object]:
     head_init = {k: v.clone() for k, v in model.classifier.state_dict().items()}
     accuracy_before = evaluate(model, x_test_t, y_test_t)
     steps_per_epoch = (len(x_train_t) + settings.batch_size - 1) // settings.batch_size
-    config = _peft_config(model, settings, steps_per_epoch * settings.epochs)
+    config = method_config(model, settings.method, settings.preset, settings.rank, steps_per_epoch * settings.epochs)
     peft_model = peft.get_peft_model(model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     print(f"method {settings.method}, preset {settings.preset or 'default'}: "

@@ -21,3 +21,14 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny runs: one intra-op thread is faster than several competing for shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -82,12 +82,7 @@ def _check_metrics_and_reload(out: Path, atol: float) -> dict:
     return metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ddp_lora_ranks_stay_identical(tmp_path):

@@ -31,13 +31,7 @@ classification = _load("image_classification")
 segmentation = _load("semantic_segmentation")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The runs are tiny: one intra-op thread is faster than several competing for shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check_output_dir(out: Path, task: str, metric: str):
