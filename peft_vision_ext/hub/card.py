@@ -32,6 +32,8 @@ from .metadata import (
 START, END = "<!-- peft-vision-ext:start -->", "<!-- peft-vision-ext:end -->"
 _METHOD_TITLES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT",
                   "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
+
+
 def infer_task(model: Any) -> str:
     """image-classification / image-segmentation / image-feature-extraction, from the model's class and head."""
     name = type(model).__name__
