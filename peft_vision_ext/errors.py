@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def name_list(names: list[str], shown: int = 3) -> str:
+    """``"a, b, c and 4 more"``: the first few module or tensor names of a long list, for messages."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")
+
+
 class PresetError(ValueError):
     """A preset name that does not exist, or one that selects nothing on this model."""
 

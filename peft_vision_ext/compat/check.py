@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsupportedCombinationError
+from ..errors import UnsupportedCombinationError, name_list
 from ..versions import peft_version
 from .kinds import LayerKind, layer_kind
 from .matrix import ADVICE, METHOD_NAMES, Entry, Operation, Status, Verdict, entry
@@ -103,9 +103,8 @@ class CompatReport:
         verb = "merge into" if operation is Operation.MERGE else "adapt"
         lines = []
         for (kind, reason, instead), paths in groups.items():
-            shown = ", ".join(paths[:3]) + (f", +{len(paths) - 3} more" if len(paths) > 3 else "")
-            lines.append(f"{name} cannot {verb} {kind} layers [{LayerKind(kind).description}] ({shown}): {reason}. "
-                         f"Instead: {instead}.")
+            lines.append(f"{name} cannot {verb} {kind} layers [{LayerKind(kind).description}] ({name_list(paths)}): "
+                         f"{reason}. Instead: {instead}.")
         lines.append("The model was not modified." if operation is Operation.TRAIN else
                      "Nothing was merged; the adapted model is unchanged.")
         return UnsupportedCombinationError("\n".join(lines), self.method, operation.value, groups)

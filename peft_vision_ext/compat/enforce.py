@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import name_list
 from .check import CompatReport, ModuleCheck, _base_layer, _logical_params, enforcing, inspect_targets, method_name
 from .kinds import LayerKind, layer_kind
 from .matrix import Operation, entry
@@ -56,8 +57,7 @@ def _warn_suffix_surprises(model: nn.Module, config: Any) -> None:
     saved = getattr(config, "modules_to_save", None)
     for key, names in suffix_surprises(model, list(saved) if saved else None).items():
         extra = sum(p.numel() for name in names for p in model.get_submodule(name).parameters())
-        _warn_once(f"modules_to_save entry {key!r} also matches {', '.join(names[:3])}"
-                   f"{f' and {len(names) - 3} more' if len(names) > 3 else ''} (PEFT matches names by string "
+        _warn_once(f"modules_to_save entry {key!r} also matches {name_list(names)} (PEFT matches names by string "
                    f"suffix): {extra:,} more parameters will be trained in full and saved. If that is not intended, "
                    "rename the module or list a longer, unambiguous path.")
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterLoadError, BaseModelMismatchError
+from ..errors import AdapterLoadError, BaseModelMismatchError, name_list
 from .describe import describe, record_preset
 from .metadata import METADATA_FILE, describe_base, fingerprint
 
@@ -202,9 +202,8 @@ def verify_fingerprint(model: nn.Module, metadata: dict[str, Any], where: str) -
     problems = differing + missing + unexpected
     if not problems:
         return
-    detail = "; ".join(f"{label}: {', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}"
-                       for label, names in (("different values", differing), ("missing", missing),
-                                            ("unexpected", unexpected)) if names)
+    groups = (("different values", differing), ("missing", missing), ("unexpected", unexpected))
+    detail = "; ".join(f"{label}: {name_list(names)}" for label, names in groups if names)
     hint = ""
     if all(name.rpartition(".")[2] in _NORM_STATISTICS for name in differing) and not missing + unexpected:
         hint = (" Only BatchNorm running statistics differ: training in train mode updated them, and an adapter does "

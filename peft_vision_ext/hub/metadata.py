@@ -58,7 +58,7 @@ def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
                 "name_or_path": getattr(config, "_name_or_path", None) or None,
                 "quantization_config": _to_dict(getattr(config, "quantization_config", None))}
     if library == "torchvision":
-        builder = torchvision_builder(model, model.state_dict() if state is None else state, heads or [])
+        builder = torchvision_builder(model, state, heads or ())
         weights = card_info(model).base_weights
         return {"library": "torchvision", "builder": builder,
                 "weights": _qualified_weights(builder, weights) if weights else None}
