@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedCombinationError, name_list
+from ..targets import targeted_modules
 from ..versions import peft_version
 from .kinds import LayerKind, layer_kind
 from .matrix import ADVICE, METHOD_NAMES, Entry, Operation, Status, Verdict, entry
@@ -187,7 +188,6 @@ def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> 
 
 def inspect_targets(model: nn.Module, config: Any, probe: bool | None = None) -> CompatReport:
     """The report without parameter counts (what the enforcement hook needs; cheap)."""
-    from ..peft_hooks import targeted_modules
     from .probe import input_ndims
 
     method = method_name(config)

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import name_list
+from ..targets import targeted_modules
 from .check import CompatReport, ModuleCheck, _base_layer, _logical_params, enforcing, inspect_targets, method_name
 from .kinds import LayerKind, layer_kind
 from .matrix import Operation, entry
@@ -86,8 +87,6 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
                         merge_refused[0].merge.reason)
         kinds = {m.kind for m in report.modules}
     else:
-        from ..peft_hooks import targeted_modules  # local: peft_hooks imports this module
-
         kinds = {layer_kind(_base_layer(module)) for _, module in targeted_modules(model, config)}
     _mark_quantized(model, kinds)
     _last.checked = (weakref.ref(model), weakref.ref(config), targets) if enforcing() else None

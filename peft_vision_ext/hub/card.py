@@ -1,6 +1,6 @@
 """The vision part of an adapter's model card, and the rebuild metadata saved beside it.
 
-Called after PEFT's own ``create_or_update_model_card`` (hook ``vision-model-card`` in peft_hooks.py), which
+Called after PEFT's own ``create_or_update_model_card`` (hook ``vision-model-card`` in peft_hooks/model_card.py), which
 ``PeftModel.save_pretrained``, ``push_to_hub`` and ``Trainer.create_model_card`` all go through: PEFT keeps
 writing its part (``library_name: peft``, its tags, framework versions); we add the vision metadata and one
 section between markers, so saving again updates it instead of appending.

@@ -1,0 +1,133 @@
+"""The one place where peft-vision-ext touches PEFT internals.
+
+Every hook below is listed in :data:`HOOKS` with the PEFT versions it applies to and why it exists.
+:func:`install` is idempotent: importing ``peft_vision_ext`` twice, or calling ``install()`` again, changes
+nothing. Other modules never monkeypatch PEFT; they add a hook here.
+New hooks get a module of their own in this package and an entry in :data:`HOOKS`.
+
+Hooks never change PEFT's behaviour for models and configs the plugin has nothing to add to: each one hands
+the call straight to PEFT unless it has something to add (a vision default preset, transformers-4 names in an
+adapter, a conv layer PEFT lacks or gets wrong, a missed AdaLoRA allocation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.version import Version
+
+from ..versions import peft_version
+from .adalora_allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
+from .adalora_conv import _install_adalora_conv
+from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_skips_allocation
+from .conv_attributes import _install_conv_attributes
+from .default_targets import _install_default_targets, fill_vision_defaults
+from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
+from .matrix_guards import _install_matrix_merge
+from .model_card import _install_vision_model_card
+
+__all__ = [
+    "HOOKS",
+    "MIN_PEFT",
+    "ORIGINALS",
+    "Hook",
+    "active_hooks",
+    "adalora_budget",
+    "fill_vision_defaults",
+    "install",
+    "load_rank_allocator_state",
+    "rank_allocator_state",
+    "set_adalora_total_step",
+    "translate_legacy_targets",
+    "warn_if_trainer_skips_allocation",
+]
+
+MIN_PEFT = Version("0.15")  # first release with register_peft_method
+_MARK = "__peft_vision_ext_hook__"
+#: The PEFT callables each hook wrapped (hook name -> original), for tests that compare against upstream.
+ORIGINALS: dict[str, Callable[..., Any]] = {}
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    why: str
+    min_peft: Version
+    max_peft: Version | None  # exclusive; None = every newer release
+    install: Callable[[], None]
+
+    def applies(self, version: Version) -> bool:
+        return version >= self.min_peft and (self.max_peft is None or version < self.max_peft)
+
+
+HOOKS: tuple[Hook, ...] = (
+    Hook(
+        name="vision-default-targets",
+        why="target_modules=None resolves a vision preset (PEFT has defaults for text model types only)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_default_targets,
+    ),
+    Hook(
+        name="transformers4-adapters",
+        why="adapters saved with transformers 4.x module names load on transformers 5 (names translated)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_legacy_state_dict_translation,
+    ),
+    Hook(
+        name="adalora-conv2d",
+        why="AdaLoRA on Conv2d with any groups (depthwise included), factored forward (PEFT: none < 0.20, no groups)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_adalora_conv,
+    ),
+    Hook(
+        name="adalora-trainer-warning",
+        why="a Trainer training AdaLoRA without AdaLoraCallback warns that ranks are not being allocated",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_adalora_trainer_warning,
+    ),
+    Hook(
+        name="matrix-guards",
+        why="combinations the compatibility matrix refuses raise before PEFT's pre-injection step or any merge",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_matrix_merge,
+    ),
+    Hook(
+        name="conv-wrapper-attributes",
+        why="PEFT conv wrappers expose stride/padding/kernel_size... (transformers MobileNet reads them)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_conv_attributes,
+    ),
+    Hook(
+        name="vision-model-card",
+        why="saved vision adapters get a model card (base model, task, method, preset, metrics) and rebuild metadata",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_vision_model_card,
+    ),
+)
+
+_installed: list[str] = []
+
+
+def install() -> list[str]:
+    """Install every hook that applies to the installed PEFT. Idempotent. Returns the active hook names."""
+    version = peft_version()
+    if version < MIN_PEFT:
+        raise ImportError(f"peft-vision-ext needs peft >= {MIN_PEFT} (register_peft_method); found {version}.")
+    for hook in HOOKS:
+        if hook.name not in _installed and hook.applies(version):
+            hook.install()
+            _installed.append(hook.name)
+    return list(_installed)
+
+
+def active_hooks() -> list[str]:
+    return list(_installed)

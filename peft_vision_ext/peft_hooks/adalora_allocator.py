@@ -1,0 +1,45 @@
+"""AdaLoRA's RankAllocator state, not a hook.
+
+No public API in PEFT: ipt, exp_avg_ipt, exp_avg_unc dicts keyed by parameter name, identical from 0.15 to 0.21.
+AdaLoraCallback saves/restores it with Trainer checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def rank_allocator_state(tuner: Any) -> dict[str, Any]:
+    allocator = tuner.rankallocator
+    state: dict[str, Any] = {
+        key: {name: t.detach().cpu() for name, t in getattr(allocator, key).items()} for key in _ALLOCATOR_STATE
+    }
+    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+    return state
+
+
+def load_rank_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
+    allocator = tuner.rankallocator
+    device = next(tuner.parameters()).device
+    for key in _ALLOCATOR_STATE:
+        setattr(allocator, key, {name: t.to(device) for name, t in state[key].items()})
+    if state.get("rank_pattern"):
+        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
+def set_adalora_total_step(tuner: Any, steps: int) -> None:
+    """Make the config and the RankAllocator (which may keep its own copy) agree on ``total_step``."""
+    tuner.peft_config[tuner.trainable_adapter_name].total_step = steps
+    if hasattr(tuner.rankallocator, "set_total_step"):
+        tuner.rankallocator.set_total_step(steps)
+
+
+def adalora_budget(tuner: Any, step: int) -> int | None:
+    """The rank budget AdaLoRA's schedule sets at ``step`` (None once the final pattern is fixed)."""
+    config = tuner.peft_config[tuner.trainable_adapter_name]
+    if step >= config.total_step - config.tfinal:
+        return None
+    budget, _ = tuner.rankallocator.budget_schedule(step)
+    return int(budget)

@@ -1,0 +1,87 @@
+"""Hook ``vision-default-targets``: ``target_modules=None`` resolves a vision preset."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from typing import Any
+
+from .legacy_adapters import translate_legacy_targets
+
+logger = logging.getLogger("peft_vision_ext")
+
+
+def _method_name(config: Any) -> str:
+    peft_type = getattr(config, "peft_type", None)
+    return str(getattr(peft_type, "value", peft_type) or "").lower()
+
+
+def _upstream_has_default(tuner: Any, model: Any, config: Any) -> bool:
+    """Would PEFT itself resolve ``target_modules=None`` for this model (its model_type tables)?"""
+    probe = copy.copy(config)
+    try:
+        probe = tuner._prepare_adapter_config(probe, tuner.get_model_config(model))
+    except ValueError:
+        return False
+    return getattr(probe, "target_modules", None) is not None
+
+
+def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
+    """Give a vision model with ``target_modules=None`` its family's default preset, head in modules_to_save.
+
+    Only fills fields the user left as ``None``; explicit values are never rewritten. Models that PEFT
+    already knows (text models in its tables) and models with nothing adaptable are left to PEFT.
+    """
+    from ..errors import NotAVisionModelError
+    from ..hub.describe import record_preset
+    from ..presets import SUPPORTED_METHODS, resolve_default
+
+    config = tuner.peft_config[adapter_name]
+    method = _method_name(config)
+    if method not in SUPPORTED_METHODS or getattr(config, "target_modules", None) is not None:
+        return
+    if getattr(config, "target_parameters", None) or _upstream_has_default(tuner, model, config):
+        return
+    try:
+        resolution = resolve_default(model, method)
+    except NotAVisionModelError:
+        return  # nothing we recognise: PEFT raises its own "Please specify target_modules"
+    config.target_modules = set(resolution.target_modules)
+    record_preset(config, resolution.preset)
+    if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
+        config.feedforward_modules = set(resolution.feedforward_modules)
+    if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
+        config.modules_to_save = list(resolution.modules_to_save)
+    logger.info(
+        "peft-vision-ext: target_modules=None -> preset %r of %s (%d modules); task head %s trained in full",
+        resolution.preset, resolution.family, len(resolution.target_modules), resolution.modules_to_save or "none",
+    )
+
+
+def _install_default_targets() -> None:
+    # Why: PEFT resolves target_modules=None only through its TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING
+    # tables, keyed by config.model_type. timm and torchvision models have no model_type at all, transformers
+    # vision types are absent, and the right names differ between transformers 4 and 5; so we resolve in
+    # BaseTuner.inject_adapter, the single entry point of get_peft_model, inject_adapter_in_model and
+    # PeftModel.add_adapter, before PEFT reads the config.
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from . import _MARK
+
+    original = BaseTuner.inject_adapter
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        from ..compat.enforce import enforce_injection
+
+        fill_vision_defaults(self, model, adapter_name)
+        translate_legacy_targets(self, model, adapter_name)
+        # The compatibility matrix: refuse before PEFT replaces the first module (see matrix_guards.py).
+        enforce_injection(model, self.peft_config[adapter_name])
+        return original(self, model, adapter_name, *args, **kwargs)
+
+    setattr(inject_adapter, _MARK, True)
+    BaseTuner.inject_adapter = inject_adapter

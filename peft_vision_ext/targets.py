@@ -1,0 +1,34 @@
+"""Which modules a PEFT config targets on a model, as PEFT's injection will match them.
+
+Below both :mod:`peft_vision_ext.compat` and :mod:`peft_vision_ext.peft_hooks`: it imports neither.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def targeted_modules(model: Any, config: Any) -> list[tuple[str, Any]]:
+    """(path, module) of every module ``config`` targets on ``model``, as PEFT's injection will match them.
+
+    Modules inside PEFT's own wrappers (base_layer, lora_A, modules_to_save copies) are skipped, like PEFT does;
+    an already-wrapped target is returned as its wrapper. ``all-linear`` is expanded with PEFT's own helper.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer, _maybe_include_all_linear_layers, check_target_module_exists
+
+    if getattr(config, "target_modules", None) is None:
+        return []
+    try:
+        config = _maybe_include_all_linear_layers(copy.copy(config), model)
+    except ValueError:
+        return []  # PEFT raises its own error for this config when it injects
+    found, inside = [], []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside) or "modules_to_save" in name.split("."):
+            continue
+        if name and check_target_module_exists(config, name):
+            found.append((name, module))
+        if isinstance(module, BaseTunerLayer) or type(module).__name__ == "ModulesToSaveWrapper":
+            inside.append(name + ".")
+    return found
