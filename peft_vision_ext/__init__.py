@@ -7,7 +7,8 @@ see :mod:`peft_vision_ext.peft_hooks`). Afterwards plain PEFT understands vision
 
 from __future__ import annotations
 
-from . import peft_hooks
+# noise first: it installs its log filters before peft_hooks imports PEFT, which imports bitsandbytes.
+from . import noise, peft_hooks  # noqa: F401
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (
     AdapterLoadError,

@@ -24,6 +24,17 @@ def bitsandbytes_quantize_check(device: str | None = None) -> tuple[bool, str]:
     return True, f"nf4 round trip on {device}: {packed.numel()} bytes for 4096 weights, max error {error:.3f}"
 
 
+def cpu_path() -> str:
+    """Which 4-bit code path bitsandbytes takes on this CPU, and what the plugin does about it."""
+    from .quantization.cpu_packing import cpu_takes_packed_path
+
+    if cpu_takes_packed_path():
+        return ("AVX512-BF16: bitsandbytes would repack 4-bit weights in place at the first eval forward (bf16 "
+                "statistics, breaks training and merging); peft-vision-ext keeps them unpacked, "
+                "enable_inference_packing(model) opts an inference-only model in")
+    return "standard (no AVX512-BF16 repack on this CPU)"
+
+
 def report() -> str:
     from . import __version__, peft_hooks
 
@@ -37,4 +48,5 @@ def report() -> str:
         lines.append(f"  - {name}: {hooks[name].why}")
     ok, detail = bitsandbytes_quantize_check()
     lines.append(f"bitsandbytes can quantize: {'yes' if ok else 'no'} ({detail})")
+    lines.append(f"bitsandbytes 4-bit CPU path: {cpu_path()}")
     return "\n".join(lines)

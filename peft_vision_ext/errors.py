@@ -55,3 +55,9 @@ class BaseModelMismatchError(AdapterLoadError):
     def __init__(self, message: str, differing: list[str]):
         super().__init__(message)
         self.differing = differing
+
+
+class PresetRefusedError(UnsupportedCombinationError, EmptyPresetError):
+    """A preset selects layers on this model, but the compatibility matrix refuses every one of them for the method
+    (LoHa on a 4-bit ViT). Both an :class:`UnsupportedCombinationError` (with the matrix's reasons) and an
+    :class:`EmptyPresetError`."""

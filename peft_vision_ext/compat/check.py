@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import re
 import threading
 import warnings
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedCombinationError, name_list
+from ..routing import ROUTABLE_METHODS, routable
 from ..targets import targeted_modules
 from ..versions import peft_version
 from .kinds import LayerKind, layer_kind
@@ -58,6 +60,7 @@ class ModuleCheck:
     merge: Verdict
     base_params: int
     adapter_params: int | None = None  # None: not counted (refused, or a layer type we cannot stand in for)
+    routed: bool = False  # its parent computes F.linear with its weight: the call is routed through the wrapper
 
 
 @dataclass
@@ -70,6 +73,8 @@ class CompatReport:
     modules_to_save_params: int = 0
     advice: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: (kind, reason, instead) -> paths the preset selects but left out for this method (check() with a preset only)
+    dropped: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
 
     def refused(self, operation: Operation = Operation.TRAIN) -> list[ModuleCheck]:
         return [m for m in self.modules if getattr(m, "merge" if operation is Operation.MERGE else "train").status
@@ -78,6 +83,11 @@ class CompatReport:
     @property
     def ok(self) -> bool:
         return not self.refused(Operation.TRAIN)
+
+    @property
+    def routed(self) -> list[str]:
+        """Targets whose parent computes F.linear with their weight: routed through the wrapper after injection."""
+        return [m.path for m in self.modules if m.routed and m.train.status is not Status.REFUSED]
 
     @property
     def adapter_params(self) -> int:
@@ -120,6 +130,12 @@ class CompatReport:
             lines.append(f"{m.path[-48:]:<48} {m.kind.value:<15} {m.train.status.value:<24} "
                          f"{m.merge.status.value:<24} {adapter:>9} {m.base_params:>10,}")
         lines.append("-" * len(header))
+        for (kind, reason, instead), paths in self.dropped.items():
+            lines.append(f"left out by the preset: {len(paths)} {kind} layers ({name_list(paths)}): {reason}. "
+                         f"Instead: {instead}.")
+        if self.routed:
+            lines.append(f"routed: {name_list(self.routed)} ({len(self.routed)}): their parent computes F.linear with "
+                         "their weight itself; the plugin routes that call through the adapter")
         lines.append(f"{len(self.modules)} modules; adapter parameters {self.adapter_params:,}; task head "
                      f"{self.modules_to_save or 'none'} ({self.modules_to_save_params:,} parameters trained in full); "
                      f"trainable {self.trainable_params:,} of {self.total_params + self.adapter_params:,} "
@@ -170,14 +186,6 @@ def _advice(method: str, model: nn.Module, kinds: set[LayerKind]) -> list[str]:
     return [a.text for a in ADVICE if method in a.methods and conditions[a.when]]
 
 
-def _needs_input_ranks(method: str) -> bool:
-    version = peft_version()
-    linear, linear_4d = entry(method, LayerKind.LINEAR, version), entry(method, LayerKind.LINEAR_4D, version)
-    if linear is None or linear_4d is None:
-        return False
-    return (linear.train, linear.merge, linear.condition) != (linear_4d.train, linear_4d.merge, linear_4d.condition)
-
-
 def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> tuple[Verdict, Verdict]:
     if item is None:
         return _UNVERIFIED, _UNVERIFIED
@@ -186,27 +194,49 @@ def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> 
     return item.train, item.merge
 
 
-def inspect_targets(model: nn.Module, config: Any, probe: bool | None = None) -> CompatReport:
-    """The report without parameter counts (what the enforcement hook needs; cheap)."""
-    from .probe import input_ndims
+def _never_called(parent: str) -> Verdict:
+    return Verdict(
+        Status.REFUSED,
+        "the model's forward never calls these modules and no F.linear reads their weight "
+        f"({parent or 'the model'} uses them some other way, or not at all), so an adapter there would never act",
+        "target modules the forward calls (`peft-vision check MODEL --preset NAME` lists a preset's modules), "
+        "e.g. the MLP (preset 'mlp')")
+
+
+def _not_routable(method: str, parent: str) -> Verdict:
+    routable = ", ".join(METHOD_NAMES[m] for m in METHOD_NAMES if m in ROUTABLE_METHODS)
+    return Verdict(Status.REFUSED, f"{parent} computes F.linear(x, layer.weight, its own bias) instead of calling the "
+                   f"layer; the plugin routes that call through the adapter for {routable} only: {method}'s wrapper "
+                   "also reads the layer's own weight or bias, so it would not compute the layer it merges into",
+                   f"{routable} (LoRA without DoRA) on these layers; or leave them out (preset 'mlp')")
+
+
+def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
+    """The report without parameter counts (what the enforcement hook needs): one forward with read-only hooks
+    (:func:`~peft_vision_ext.compat.probe.observe`) tells which targets the model calls, which it reads through
+    ``F.linear`` (``routed``) and which Linear layers see 4-D input."""
+    from .probe import Observation, observe
 
     method = method_name(config)
     version = peft_version()
     targets = [(path, _base_layer(module)) for path, module in targeted_modules(model, config)]
     notes = []
-    ranks: dict[str, int] = {}
-    if probe if probe is not None else _needs_input_ranks(method):
-        linears = [path for path, module in targets if layer_kind(module) is LayerKind.LINEAR]
-        if linears:
-            ranks = input_ndims(model, linears)
-            if not ranks:
-                notes.append(f"could not run {type(model).__name__} to see whether its Linear layers get 4-D "
-                             "input; they are checked as plain Linear layers")
+    observation = observe(model, [path for path, _ in targets]) if targets else Observation(False)
+    if targets and not observation.ran:
+        notes.append(f"could not run {type(model).__name__} on an example input: whether its forward calls every "
+                     "targeted module (and which Linear layers get 4-D input) was not checked")
+    never_called = set(observation.never_called([path for path, _ in targets]))
     modules = []
     for path, module in targets:
-        kind = layer_kind(module, ranks.get(path))
+        kind = layer_kind(module, observation.ndims.get(path))
         train, merge = _verdicts(entry(method, kind, version), module, config, path)
-        modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module)))
+        routed = path in observation.weight_reads
+        if path in never_called:
+            train = merge = _never_called(path.rpartition(".")[0])
+        elif routed and not routable(config):
+            label = "DoRA" if getattr(config, "use_dora", False) else METHOD_NAMES.get(method, method)
+            train = merge = _not_routable(label, observation.weight_reads[path])
+        modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module), routed=routed))
     if method not in METHOD_NAMES:
         notes.append(f"{method or type(config).__name__} is not covered by the compatibility matrix: it is passed to "
                      "PEFT unverified on vision layers")
@@ -297,16 +327,22 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     """
     config = copy.deepcopy(config)
     method = method_name(config)
-    from ..presets import SUPPORTED_METHODS, resolve_default
+    from ..hub.describe import PRESET_ATTRIBUTE
+    from ..presets import SUPPORTED_METHODS, detect_family, dropped, resolve_default
 
+    preset = config.__dict__.get(PRESET_ATTRIBUTE)  # set by preset_config()
     if getattr(config, "target_modules", None) is None and method in SUPPORTED_METHODS:
         resolution = resolve_default(model, method)
+        preset = resolution.preset
         config.target_modules = resolution.target_modules
         if getattr(config, "modules_to_save", None) is None:
             config.modules_to_save = resolution.modules_to_save
         if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
             config.feedforward_modules = resolution.feedforward_modules
-    report = inspect_targets(model, config, probe=True)
+    report = inspect_targets(model, config)
+    detection = detect_family(model) if preset is not None else None
+    if detection is not None:
+        report.dropped = dropped(detection, preset, method)
     report.total_params = sum(_logical_params(m) for m in model.modules() if not list(m.children()))
     counts: dict[tuple, int | None] = {}
     modules = dict(model.named_modules())
@@ -316,7 +352,7 @@ def check(model: nn.Module, config: Any) -> CompatReport:
         key = (_shape_key(module, item.kind), _rank_for(config, item.path), _is_feedforward(config, item.path))
         if item.train.status is not Status.REFUSED and key not in counts:
             counts[key] = _count_adapter(config, module, item.kind, item.path)
-        checked.append(ModuleCheck(item.path, item.kind, item.train, item.merge, item.base_params, counts.get(key)))
+        checked.append(dataclasses.replace(item, adapter_params=counts.get(key)))
     report.modules = checked
     saved = list(getattr(config, "modules_to_save", None) or [])
     report.modules_to_save = saved

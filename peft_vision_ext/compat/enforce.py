@@ -11,7 +11,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import name_list
-from ..targets import targeted_modules
+from ..peft_hooks.weight_routing import ROUTED_ATTRIBUTE
+from ..quantization.cpu_packing import keep_unpacked
 from .check import CompatReport, ModuleCheck, _base_layer, _logical_params, enforcing, inspect_targets, method_name
 from .kinds import LayerKind, layer_kind
 from .matrix import Operation, entry
@@ -63,8 +64,10 @@ def _warn_suffix_surprises(model: nn.Module, config: Any) -> None:
                    "rename the module or list a longer, unambiguous path.")
 
 
-def enforce_injection(model: nn.Module, config: Any) -> None:
-    """Before PEFT replaces any module: refuse what the matrix refuses, warn what it warns about.
+def enforce_injection(model: nn.Module, config: Any) -> list[str]:
+    """Before PEFT replaces any module: refuse what the matrix refuses (and targets the forward never calls), warn
+    what it warns about. Returns the targets whose parent computes ``F.linear`` with their weight itself: the caller
+    routes those calls through the wrappers once PEFT has injected them (:func:`peft_vision_ext.routing.route`).
 
     Runs from the tuner's pre-injection hook and again from inject_adapter (after the vision defaults are filled
     in); the second call is skipped when nothing changed in between.
@@ -72,10 +75,14 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
     targets = repr(getattr(config, "target_modules", None))
     last = getattr(_last, "checked", None)  # weak references: a new object may reuse a dead one's id
     if last is not None and last[0]() is model and last[1]() is config and last[2] == targets:
-        return
+        config.__dict__[ROUTED_ATTRIBUTE] = list(last[3])
+        return list(last[3])
     _warn_suffix_surprises(model, config)
+    # bitsandbytes may have repacked 4-bit weights at an eval forward before the plugin saw the model: training
+    # would fail on them (see quantization/cpu_packing.py); from here on they stay unpacked.
+    keep_unpacked(model)
+    report = inspect_targets(model, config)  # also without enforcement: routing needs to know the parents
     if enforcing():
-        report = inspect_targets(model, config)
         error = report.error(Operation.TRAIN)
         if error is not None:
             raise error
@@ -85,11 +92,11 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
         if merge_refused:
             logger.info("peft-vision-ext: %d adapted modules cannot be merged later (%s)", len(merge_refused),
                         merge_refused[0].merge.reason)
-        kinds = {m.kind for m in report.modules}
-    else:
-        kinds = {layer_kind(_base_layer(module)) for _, module in targeted_modules(model, config)}
-    _mark_quantized(model, kinds)
-    _last.checked = (weakref.ref(model), weakref.ref(config), targets) if enforcing() else None
+    routed = [m.path for m in report.modules if m.routed]  # without enforcement: whatever the method
+    config.__dict__[ROUTED_ATTRIBUTE] = routed  # for the direct-weight-routing hook, after PEFT has injected
+    _mark_quantized(model, {m.kind for m in report.modules})
+    _last.checked = (weakref.ref(model), weakref.ref(config), targets, tuple(routed)) if enforcing() else None
+    return routed
 
 
 def _holds(module: nn.Module, adapter: str) -> bool:
@@ -102,6 +109,7 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
         return
     from ..versions import peft_version
 
+    keep_unpacked(tuner.model)  # merging reads 4-bit weights in bitsandbytes' standard layout
     names = adapter_names or list(getattr(tuner, "active_adapters", None) or [])
     for adapter in names:
         config = tuner.peft_config.get(adapter)

@@ -1,15 +1,23 @@
-"""Which Linear layers see channels-last 4-D input: one eval-mode forward with read-only hooks.
+"""One eval-mode forward with read-only hooks: which targeted layers the model really calls, and how.
 
-Only the matrix rows that differ between ``linear`` and ``linear-4d`` (OFT) need this; nothing is written to the
-model (eval mode and no_grad, so BatchNorm statistics stay; training flags are restored; hooks are removed).
+Two questions need it. Is a targeted layer called at all? A parent that computes ``F.linear(x, layer.weight, ...)``
+itself (timm BEiT/EVA, torchvision Swin) never calls the layer, so a PEFT wrapper there would never act (the plugin
+routes such calls, see :mod:`peft_vision_ext.routing`); a layer neither called nor read would be dead weight and is
+refused. And which Linear layers see channels-last 4-D input (the matrix rows ``linear`` and ``linear-4d`` differ
+for OFT). Nothing is written to the model (eval mode and no_grad, so BatchNorm statistics stay; training flags are
+restored; hooks are removed).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 logger = logging.getLogger("peft_vision_ext")
 
@@ -48,8 +56,44 @@ def example_inputs(model: nn.Module) -> list[torch.Tensor]:
     return [torch.zeros(1, *size, dtype=dtype, device=device) for size in _sizes(model)]
 
 
-def input_ndims(model: nn.Module, names: list[str]) -> dict[str, int]:
-    """Number of input dimensions each named module sees in one forward ({} when the model cannot be run)."""
+@dataclass(frozen=True)
+class Observation:
+    """What one forward showed about some modules of a model."""
+
+    ran: bool  # False: no example input ran the model; nothing below is known
+    ndims: dict[str, int] = field(default_factory=dict)  # path -> input dimensions, for modules that were called
+    weight_reads: dict[str, str] = field(default_factory=dict)  # path -> parent class, for modules never called
+    # whose weight their parent passed to F.linear itself (timm BEiT/EVA qkv, torchvision Swin qkv/proj)
+
+    def never_called(self, names: list[str]) -> list[str]:
+        """Modules neither called nor read by F.linear (empty when the model did not run)."""
+        return [n for n in names if self.ran and n not in self.ndims and n not in self.weight_reads]
+
+
+class _LinearWeights(TorchFunctionMode):
+    """Records the weights F.linear is called with (read-only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: set[int] = set()
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            self.weights.add(id(weight))
+        return func(*args, **kwargs)
+
+
+def observe(model: nn.Module, names: list[str]) -> Observation:
+    """One eval-mode, no-grad forward with read-only hooks: which of ``names`` are called (and with how many input
+    dimensions), and which are never called but have their weight passed to ``F.linear`` by their parent.
+
+    Nothing is written to the model: training flags are restored, hooks removed, and bitsandbytes' in-place CPU
+    repack of 4-bit weights is held off for the forward.
+    """
+    from ..quantization.cpu_packing import repack_held_off
+
     modules = dict(model.named_modules())
     seen: dict[str, int] = {}
     handles = []
@@ -57,17 +101,23 @@ def input_ndims(model: nn.Module, names: list[str]) -> dict[str, int]:
         def record(module: nn.Module, args: tuple, name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 seen.setdefault(name, args[0].dim())
+            else:
+                seen.setdefault(name, 0)
         handles.append(modules[name].register_forward_pre_hook(record))
     training = {name: module.training for name, module in model.named_modules()}
+    linear_weights = _LinearWeights()
+    ran = False
     try:
         model.eval()
         for example in example_inputs(model):
             try:
-                with torch.no_grad():
+                with torch.no_grad(), repack_held_off(model), linear_weights:
                     model(example)
+                ran = True
                 break
-            except Exception as error:  # noqa: BLE001 - try the next size; the caller falls back to "linear"
+            except Exception as error:  # noqa: BLE001 - try the next size; callers treat "did not run" as unknown
                 seen.clear()
+                linear_weights.weights.clear()
                 logger.info("peft-vision-ext: could not run %s on %s (%s)", type(model).__name__,
                             tuple(example.shape), error)
     finally:
@@ -75,4 +125,20 @@ def input_ndims(model: nn.Module, names: list[str]) -> dict[str, int]:
             handle.remove()
         for name, module in model.named_modules():
             module.training = training.get(name, module.training)
-    return seen
+    reads = {}
+    for name in names:
+        weight = getattr(_base(modules[name]), "weight", None)
+        if ran and name not in seen and weight is not None and id(weight) in linear_weights.weights:
+            parent = name.rpartition(".")[0]
+            reads[name] = type(modules[parent]).__name__ if parent in modules else type(model).__name__
+    return Observation(ran, seen, reads)
+
+
+def _base(module: nn.Module) -> nn.Module:
+    get_base_layer = getattr(module, "get_base_layer", None)
+    return get_base_layer() if callable(get_base_layer) else module
+
+
+def input_ndims(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Number of input dimensions each named module sees in one forward ({} when the model cannot be run)."""
+    return observe(model, names).ndims

@@ -22,11 +22,13 @@ from ..versions import peft_version
 from .adalora_allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .adalora_conv import _install_adalora_conv
 from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_skips_allocation
+from .bnb_cpu_packing import _install_bnb_cpu_packing
 from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
 from .model_card import _install_vision_model_card
+from .weight_routing import _install_weight_routing
 
 __all__ = [
     "HOOKS",
@@ -111,6 +113,20 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_vision_model_card,
+    ),
+    Hook(
+        name="direct-weight-routing",
+        why="adapters act where a parent computes F.linear with the layer's weight (timm BEiT/EVA/SwinV2, tv Swin)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_weight_routing,
+    ),
+    Hook(
+        name="bnb-cpu-packing",
+        why="bitsandbytes 4-bit layers keep their layout at eval forwards on AVX512-BF16 CPUs (so they can train)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_bnb_cpu_packing,
     ),
 )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import EmptyPresetError, NotAVisionModelError, UnknownPresetError
+from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
 from ..versions import peft_version
 from .catalog import PRESETS, SUPPORTED_METHODS, Preset, method_layer_kinds
 from .families import Detection, VisionFamily, detect_family, families, register_family
@@ -59,8 +59,9 @@ def list_presets(model: nn.Module, method: str | None = None) -> dict[str, list[
 def resolve_targets(model: nn.Module, preset: str, method: str | None = None) -> list[str]:
     """Module paths selected by ``preset`` on ``model`` (restricted to layer kinds ``method`` can wrap).
 
-    Raises :class:`UnknownPresetError` (listing the valid presets) or :class:`EmptyPresetError` (naming the
-    detected family and the roles found). Reads the model only; never modifies it.
+    Raises :class:`UnknownPresetError` (listing the valid presets), :class:`PresetRefusedError` when the preset selects
+    layers but the compatibility matrix refuses them all for ``method`` (its reasons and alternatives), or
+    :class:`EmptyPresetError` (naming the detected family and the roles found). Reads the model only.
     """
     detection = _detect(model)
     return [layer.name for layer in _resolve(detection, preset, method)]
@@ -77,18 +78,48 @@ def _resolve(detection: Detection, preset: str, method: str | None) -> list[Laye
     if not selected:
         roles = ", ".join(f"{r} x{n}" for r, n in sorted(detection.roles_found().items())) or "none"
         wanted = ", ".join(sorted(r.value for r in PRESETS[preset].roles))
-        unsupported = sorted({layer.layer_kind for layer in _select(detection, PRESETS[preset], None)})
-        why = (
-            f" {method} cannot adapt its {'/'.join(unsupported)} layers on peft {peft_version()}"
-            f" (supported there: {', '.join(sorted(method_layer_kinds(method, peft_version()) or ()))})."
-            if unsupported and method else ""
-        )
+        left_out = dropped(detection, preset, method) if method else {}
+        if left_out:
+            from ..compat.matrix import METHOD_NAMES
+
+            name = METHOD_NAMES.get(method, method)
+            lines = [f"Preset {preset!r} selects {sum(map(len, left_out.values()))} modules of this "
+                     f"{detection.family.name} model, and {name} can adapt none of them on peft {peft_version()}:"]
+            lines += [f"{name} cannot adapt {kind} layers ({name_list(paths)}): {reason}. Instead: {instead}."
+                      for (kind, reason, instead), paths in left_out.items()]
+            lines.append("The model was not modified.")
+            raise PresetRefusedError("\n".join(lines), method, "train", left_out)
         raise EmptyPresetError(
             f"Preset {preset!r} selects no module of this {detection.family.name} model"
-            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}).{why} "
+            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}). "
             f"Roles found: {roles}. Choose another preset or pass target_modules explicitly."
         )
     return selected
+
+
+def dropped(detection: Detection, preset: str, method: str) -> dict[tuple[str, str, str], list[str]]:
+    """(layer kind, reason, what to use instead) -> module paths ``preset`` selects but leaves out for ``method``,
+    because the compatibility matrix refuses that kind (or allows it only under a condition) for the method."""
+    from ..compat.kinds import LayerKind
+    from ..compat.matrix import Operation, entry
+
+    kinds = method_layer_kinds(method, peft_version())
+    left_out: dict[tuple[str, str, str], list[str]] = {}
+    for layer in _select(detection, PRESETS[preset], None):
+        if kinds is None or layer.layer_kind in kinds or layer.layer_kind == "norm":
+            continue
+        item = entry(method, LayerKind(layer.layer_kind), peft_version())
+        if item is None:
+            reason, instead = "not covered by the compatibility matrix", "pass target_modules explicitly"
+        elif item.condition is not None and item.train.status.allowed:
+            verdict = item.condition_verdict
+            reason = f"allowed only when {item.condition.description}, which presets do not assume ({verdict.reason})"
+            instead = f"{verdict.instead}; or pass target_modules explicitly with such a rank"
+        else:
+            verdict = item.verdict(Operation.TRAIN)
+            reason, instead = verdict.reason, verdict.instead
+        left_out.setdefault((layer.layer_kind, reason, instead), []).append(layer.name)
+    return left_out
 
 
 @dataclass(frozen=True)

@@ -87,15 +87,19 @@ def model_library(model: nn.Module) -> str:
 # The entries. Structure does most of the work (see roles.py); entries name, detect and set defaults.
 # --------------------------------------------------------------------------------------------------
 _T, _C, _H = "transformer", "cnn", "hybrid"
+_IA3_MLP = {"ia3": "mlp"}
 for _entry in (
     # timm
     VisionFamily("timm-vit", "timm", _T, ("VisionTransformer",),
                  description="ViT, DeiT, DeiT-3, DINO/DINOv2, CLIP/SigLIP image towers"),
     VisionFamily("timm-vit-distilled", "timm", _T, ("VisionTransformerDistilled",), description="DeiT distilled"),
-    VisionFamily("timm-eva", "timm", _T, ("Eva",), description="EVA, EVA-02"),
-    VisionFamily("timm-beit", "timm", _T, ("Beit",), description="BEiT, BEiT-v2"),
+    # Their attention computes F.linear(x, qkv.weight, q/v biases) itself: the plugin routes that call through the
+    # adapter for additive methods (peft_vision_ext.routing); IA3 would scale the separate biases differently from
+    # its own merge, so its default stays on the MLP.
+    VisionFamily("timm-eva", "timm", _T, ("Eva",), description="EVA, EVA-02", defaults=_IA3_MLP),
+    VisionFamily("timm-beit", "timm", _T, ("Beit",), description="BEiT, BEiT-v2", defaults=_IA3_MLP),
     VisionFamily("timm-swin", "timm", _T, ("SwinTransformer", "SwinTransformerV2", "SwinTransformerV2Cr"),
-                 description="Swin, SwinV2"),
+                 description="Swin, SwinV2", defaults=_IA3_MLP),
     VisionFamily("timm-convnext", "timm", _H, ("ConvNeXt",), description="ConvNeXt, ConvNeXt-V2"),
     VisionFamily("timm-resnet", "timm", _C, ("ResNet",), description="ResNet, ResNeXt, SE-ResNet"),
     VisionFamily("timm-efficientnet", "timm", _C, ("EfficientNet",),
@@ -122,7 +126,7 @@ for _entry in (
     # Its attention is an nn.MultiheadAttention, which only LoRA can wrap: the others default to the MLP.
     VisionFamily("tv-vit", "torchvision", _T, ("VisionTransformer",),
                  defaults={"loha": "mlp", "lokr": "mlp", "adalora": "mlp", "ia3": "mlp"}),
-    VisionFamily("tv-swin", "torchvision", _T, ("SwinTransformer",)),
+    VisionFamily("tv-swin", "torchvision", _T, ("SwinTransformer",), defaults=_IA3_MLP),  # F.linear(x, qkv.weight)
     VisionFamily("tv-convnext", "torchvision", _H, ("ConvNeXt",),
                  overrides=((r"\.block\.3$", Role.FC1), (r"\.block\.5$", Role.FC2))),  # CNBlock's pointwise MLP
     VisionFamily("tv-efficientnet", "torchvision", _C, ("EfficientNet",)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -37,8 +38,15 @@ def is_quantized(module: nn.Module) -> bool:
 
 
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
-    """The full-precision (fp32) weight a bitsandbytes Linear computes with."""
+    """The full-precision (fp32) weight a bitsandbytes Linear computes with (also when bitsandbytes repacked it for
+    its AVX512-BF16 CPU kernel: read from an unpacked copy, the layer itself is left as it is)."""
     from peft.utils.integrations import dequantize_bnb_weight
+
+    from .cpu_packing import is_packed, unpack
+
+    if is_packed(module):
+        module = copy.deepcopy(module)
+        unpack(module)
 
     return dequantize_bnb_weight(module.weight, getattr(module, "state", None)).float()
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import QuantizationError
 from .bnb_layers import dequantized_linear, dequantized_weight, is_quantized
+from .cpu_packing import keep_unpacked
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -33,12 +34,13 @@ def merge_and_unload(peft_model: Any, requantize: bool = False) -> nn.Module:
     merged weight again (smaller; outputs differ by that re-quantization error). Adapters whose layers have no
     ``get_delta_weight`` for bitsandbytes (refused by the compatibility matrix) raise before anything changes.
     """
-    if requantize:
-        return peft_model.merge_and_unload()
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     tuner = peft_model.base_model
     model = tuner.model
+    keep_unpacked(model)  # weights bitsandbytes repacked for its CPU kernel would be read in the wrong layout
+    if requantize:
+        return peft_model.merge_and_unload()
     adapters = list(tuner.active_adapters)
     wrapped = [(name, module) for name, module in model.named_modules()
                if isinstance(module, BaseTunerLayer) and is_quantized(module.get_base_layer())]
@@ -70,6 +72,7 @@ def merge_and_unload(peft_model: Any, requantize: bool = False) -> nn.Module:
 @torch.no_grad()
 def dequantize(model: nn.Module) -> nn.Module:
     """Replace every bitsandbytes Linear of ``model`` with its fp32 equivalent, in place."""
+    keep_unpacked(model)
     for name, module in list(model.named_modules()):
         if is_quantized(module):
             _replace(model, name, dequantized_linear(module))

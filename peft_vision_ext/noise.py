@@ -1,0 +1,42 @@
+"""Known-harmless third-party log lines kept out of our output (CLI, quick start, examples, notebooks).
+
+Exactly two bitsandbytes messages, matched by their text; every other record of those loggers (errors included)
+passes. Installed by ``import peft_vision_ext`` before it imports PEFT (which imports bitsandbytes), so entry points
+that import the plugin first never show them:
+
+- ``Failed to load CPU gemm_4bit_forward from kernels-community`` (logged when bitsandbytes is imported on an
+  AVX512-BF16 CPU without the optional ``kernels`` package): bitsandbytes then uses its built-in kernel, and the
+  plugin keeps 4-bit weights out of that packed path anyway (see :mod:`peft_vision_ext.quantization.cpu_packing`).
+- ``MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization`` (logged at every 8-bit
+  forward with fp32 input): int8 matmuls always quantize fp16 activations.
+"""
+
+from __future__ import annotations
+
+import logging
+
+#: logger name -> message prefix dropped from it.
+KNOWN_NOISE: dict[str, str] = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast from",
+}
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not str(record.msg).startswith(self.prefix)
+
+
+def filter_known_noise() -> None:
+    """Install the filters (idempotent)."""
+    for name, prefix in KNOWN_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropMessage(prefix))
+
+
+filter_known_noise()  # on import: peft_vision_ext/__init__ imports this module before anything imports PEFT

@@ -1,0 +1,40 @@
+"""Hook: new bitsandbytes 4-bit layers do not repack their weights in place at an eval forward on AVX512-BF16 CPUs."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+def _install_bnb_cpu_packing() -> None:
+    # Why: bitsandbytes >= 0.48 on an AVX512-BF16 CPU repacks a Linear4bit's weight in place at its first eval forward
+    # without gradients (bf16 statistics, another nibble order): training afterwards raises, dequantizing and PEFT's
+    # merges read the weights wrong, widths that are not a multiple of 32 assert, and the repack cannot be undone
+    # exactly. A vision fine-tune evaluates before it trains, so every Linear4bit built after `import
+    # peft_vision_ext` (by quantize(), transformers' from_pretrained, PEFT) starts with the per-layer switch off;
+    # quantization.enable_inference_packing(model) turns it on for inference-only models. Not a PEFT internal, but
+    # the same rule holds: one hook, in one place. A bitsandbytes without the repack is left alone.
+    try:
+        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnbf
+    except Exception:  # noqa: BLE001 - no usable bitsandbytes: nothing to hold off
+        return
+    if not hasattr(bnbf, "_convert_weight_packed_for_cpu"):
+        return
+
+    from . import _MARK
+
+    cls = bnb.nn.Linear4bit
+    original = cls.__init__
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        from ..quantization.cpu_packing import default_switch_off
+
+        original(self, *args, **kwargs)
+        default_switch_off(self)
+
+    setattr(__init__, _MARK, True)
+    cls.__init__ = __init__
