@@ -79,7 +79,10 @@ def test_quantize_train_reload_merge(key: str, bits: int, tmp_path: Path) -> Non
             assert module.weight.dtype == torch.float32  # heads, MultiheadAttention's out_proj, skipped layers
     assert all(not p.requires_grad for p in model.parameters())
     quantization_error = (_out(model, x) - reference).abs().max().item()
-    assert (_out(model, x) - _out(pve.quantization.dequantize(copy.deepcopy(model)), x)).abs().max().item() <= 1e-5
+    # the new layers keep the model's eval mode: 8-bit layers then quantize their activations too (their own error)
+    assert all(not m.training for m in model.modules())
+    dequantized = _out(pve.quantization.dequantize(copy.deepcopy(model)), x)
+    assert (_out(model, x) - dequantized).abs().max().item() <= (1e-5 if bits == 4 else 0.05 * dequantized.abs().max())
     assert quantization_error < 0.5 * reference.abs().max().item() + 1e-3  # close to, not equal to, fp32
 
     adapted = get_peft_model(model, peft.LoraConfig(r=4))

@@ -7,11 +7,22 @@ from typing import Any
 
 
 def _install_bnb_cpu_packing() -> None:
+    # Importing bitsandbytes costs seconds and loads torch extras: only when it is already loaded (recent PEFT
+    # releases import it, 0.17 does not); otherwise quantize() and bnb_config(), which are about to build 4-bit
+    # layers, call patch_bitsandbytes() themselves, and enforce/merge unpack layers repacked before either ran.
+    import sys
+
+    if "bitsandbytes" in sys.modules:
+        patch_bitsandbytes()
+
+
+def patch_bitsandbytes() -> None:
+    """New ``Linear4bit`` layers start with bitsandbytes' in-place CPU repack off (idempotent)."""
     # Why: bitsandbytes >= 0.48 on an AVX512-BF16 CPU repacks a Linear4bit's weight in place at its first eval forward
     # without gradients (bf16 statistics, another nibble order): training afterwards raises, dequantizing and PEFT's
     # merges read the weights wrong, widths that are not a multiple of 32 assert, and the repack cannot be undone
-    # exactly. A vision fine-tune evaluates before it trains, so every Linear4bit built after `import
-    # peft_vision_ext` (by quantize(), transformers' from_pretrained, PEFT) starts with the per-layer switch off;
+    # exactly. A vision fine-tune evaluates before it trains, so every Linear4bit built from here on (by quantize(),
+    # transformers' from_pretrained, PEFT) starts with the per-layer switch off;
     # quantization.enable_inference_packing(model) turns it on for inference-only models. Not a PEFT internal, but
     # the same rule holds: one hook, in one place. A bitsandbytes without the repack is left alone.
     try:

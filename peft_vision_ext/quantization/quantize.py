@@ -109,12 +109,16 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise QuantizationError("quantize() needs bitsandbytes: pip install bitsandbytes") from error
+    from ..peft_hooks.bnb_cpu_packing import patch_bitsandbytes
+
+    patch_bitsandbytes()  # no in-place CPU repack of the new 4-bit layers at eval forwards
     for name in chosen.layers:
         linear = _module(model, name)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quantized_linear(linear.weight, linear.bias, bits, quant_type, double_quant,
-                                                compute_dtype, device, int8_threshold))
+        layer = quantized_linear(linear.weight, linear.bias, bits, quant_type, double_quant, compute_dtype, device,
+                                 int8_threshold)
+        setattr(parent, child, layer.train(linear.training))  # an eval-mode model stays in eval mode
     _prepare_for_kbit_training(model)
     setattr(model, "is_loaded_in_4bit" if bits == 4 else "is_loaded_in_8bit", True)
     # Recorded so a saved adapter can say how its base was quantized and load_adapter can redo it.
@@ -165,6 +169,8 @@ def _input_module(model: nn.Module) -> nn.Module | None:
 
 def _outputs_require_grad(module: nn.Module, inputs: tuple, output: object) -> None:
     # transformers' enable_input_require_grads does this for a tensor output only; Swin's embeddings return a tuple.
+    # Only where gradients are recorded: a no-grad (inference) forward has nothing to backpropagate.
     first = output[0] if isinstance(output, (tuple, list)) else output
-    if isinstance(first, torch.Tensor) and first.is_floating_point() and not first.requires_grad:
+    if (torch.is_grad_enabled() and isinstance(first, torch.Tensor) and first.is_floating_point()
+            and not first.requires_grad):
         first.requires_grad_(True)
