@@ -1,6 +1,6 @@
 """Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), AdaLoRA conv
-speed, quantized ViT memory, plugin overhead. ``--quick`` finishes in under 10 minutes on 2 CPU cores (fewer
-seeds, epochs, steps and a smaller batch; the numbers are then a smoke test, not results). JSON and plots go to
+speed, quantized ViT memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of each
+(fewer seeds, epochs, steps and a smaller batch; its numbers are not results). JSON and plots go to
 benchmarks/results/ (speed and memory JSON next to their scripts).
 
     python benchmarks/run_all.py [--quick] [--skip memory speed ...]
@@ -21,6 +21,7 @@ BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
     "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "1"]),
     "overhead": ("overhead.py", [], ["--quick"]),
+    "cpu-paths": ("cpu_paths.py", [], ["--quick"]),
 }
 
 

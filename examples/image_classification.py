@@ -34,7 +34,10 @@ regularisation is added to the loss here, because ``PeftModel.forward`` (no task
 ``OUTPUT/rank{RANK}.json``: under DDP all ranks must end identical.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - peft_vision_ext comes first, on purpose
+
+# First: it filters two harmless bitsandbytes notices before transformers/PEFT import bitsandbytes.
+import peft_vision_ext
 
 import argparse
 import inspect
@@ -49,7 +52,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-import peft_vision_ext
 from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import mnist_split, mobilenet_v2_imagenet_state_dict, to_imagenet_tensor
 from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config

@@ -21,7 +21,10 @@ into ``modules_to_save``. Output (``--output-dir``): the adapter (``adapter_mode
 model's logits), ``metrics.json``, and one ``RESULT {...}`` JSON line on stdout.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 - peft_vision_ext comes first, on purpose
+
+# First: it filters two harmless bitsandbytes notices before transformers/PEFT import bitsandbytes.
+import peft_vision_ext
 
 import argparse
 import json
@@ -37,7 +40,6 @@ import transformers
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
 
-import peft_vision_ext
 from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import nuclei_split
 from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config

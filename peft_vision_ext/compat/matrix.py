@@ -113,7 +113,7 @@ def _refused(reason: str, instead: str) -> Verdict:
 
 
 _NO_MHA = _refused("PEFT has an nn.MultiheadAttention layer for LoRA only",
-                  "LoRA wraps nn.MultiheadAttention; or target its out_proj Linear")
+                  "LoRA wraps nn.MultiheadAttention; or adapt the MLP (preset 'mlp')")
 _LINEAR_ONLY = _refused("PEFT's VeRA and FourierFT adapt Linear layers only",
                         "LoRA, LoHa, LoKr, IA3 or AdaLoRA adapt convolutions")
 _FP32_MERGE_REFUSED = _refused("PEFT cannot merge this method into bitsandbytes layers (it crashes, or for IA3 "

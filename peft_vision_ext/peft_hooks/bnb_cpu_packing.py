@@ -8,8 +8,9 @@ from typing import Any
 
 def _install_bnb_cpu_packing() -> None:
     # Importing bitsandbytes costs seconds and loads torch extras: only when it is already loaded (recent PEFT
-    # releases import it, 0.17 does not); otherwise quantize() and bnb_config(), which are about to build 4-bit
-    # layers, call patch_bitsandbytes() themselves, and enforce/merge unpack layers repacked before either ran.
+    # releases import it, 0.17 does not). Otherwise quantized_linear() (behind quantize()) and bnb_config(), which
+    # are about to build 4-bit layers, call patch_bitsandbytes() themselves, and the injection and merge guards
+    # unpack layers bitsandbytes repacked before either ran.
     import sys
 
     if "bitsandbytes" in sys.modules:

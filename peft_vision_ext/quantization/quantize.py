@@ -109,9 +109,6 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise QuantizationError("quantize() needs bitsandbytes: pip install bitsandbytes") from error
-    from ..peft_hooks.bnb_cpu_packing import patch_bitsandbytes
-
-    patch_bitsandbytes()  # no in-place CPU repack of the new 4-bit layers at eval forwards
     for name in chosen.layers:
         linear = _module(model, name)
         parent_name, _, child = name.rpartition(".")
