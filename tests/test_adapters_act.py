@@ -227,3 +227,39 @@ def test_training_updates_routed_adapters(one_thread: None) -> None:
     model_output(adapted(x)).pow(2).mean().backward()
     grads = {n: p.grad for n, p in adapted.named_parameters() if p.requires_grad and "lora_B" in n}
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+class _AuxInTraining(nn.Module):
+    """Like torchvision's Inception: the auxiliary head runs in training mode only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.aux = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        if self.training:
+            h = h + self.aux(h)
+        return self.fc(h.mean((2, 3)))
+
+    def example_input(self) -> torch.Tensor:
+        return torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def test_modules_called_only_in_training_are_not_refused_and_the_probe_changes_nothing() -> None:
+    from peft_vision_ext.compat.probe import observe
+
+    model = _AuxInTraining().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    observation = observe(model, ["conv", "aux.1"])
+    assert observation.training_only == ("aux.1",) and observation.never_called(["conv", "aux.1"]) == []
+    assert torch.equal(torch.get_rng_state(), rng)  # the training-mode forward's dropout drew from a forked generator
+    assert not model.training and not model.aux.training  # modes restored
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # BatchNorm statistics untouched
+    with pytest.warns(UserWarning, match=r"aux\.1 run in training mode only"):
+        adapted = get_peft_model(model, peft.LoraConfig(r=2, target_modules=["conv", "aux.1"]))
+    assert sorted(_wrappers(adapted)) == ["base_model.model.aux.1", "base_model.model.conv"]

@@ -226,6 +226,9 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
         notes.append(f"could not run {type(model).__name__} on an example input: whether its forward calls every "
                      "targeted module (and which Linear layers get 4-D input) was not checked")
     never_called = set(observation.never_called([path for path, _ in targets]))
+    if observation.training_only:
+        notes.append(f"{name_list(list(observation.training_only))} run in training mode only (auxiliary heads): "
+                     "their adapters act in training, not at evaluation")
     modules = []
     for path, module in targets:
         kind = layer_kind(module, observation.ndims.get(path))

@@ -64,6 +64,7 @@ class Observation:
     ndims: dict[str, int] = field(default_factory=dict)  # path -> input dimensions, for modules that were called
     weight_reads: dict[str, str] = field(default_factory=dict)  # path -> parent class, for modules never called
     # whose weight their parent passed to F.linear itself (timm BEiT/EVA qkv, torchvision Swin qkv/proj)
+    training_only: tuple[str, ...] = ()  # called in training mode only (auxiliary heads)
 
     def never_called(self, names: list[str]) -> list[str]:
         """Modules neither called nor read by F.linear (empty when the model did not run)."""
@@ -87,12 +88,16 @@ class _LinearWeights(TorchFunctionMode):
 
 def observe(model: nn.Module, names: list[str]) -> Observation:
     """One eval-mode, no-grad forward with read-only hooks: which of ``names`` are called (and with how many input
-    dimensions), and which are never called but have their weight passed to ``F.linear`` by their parent.
+    dimensions), and which are never called but have their weight passed to ``F.linear`` by their parent. Modules
+    the eval forward skips get a second, training-mode forward (auxiliary heads run only in training), unless the
+    model holds bitsandbytes 8-bit layers, whose state a training-mode forward changes.
 
-    Nothing is written to the model: training flags are restored, hooks removed, and bitsandbytes' in-place CPU
-    repack of 4-bit weights is held off for the forward.
+    Nothing is written to the model: training flags are restored, hooks removed, buffers (BatchNorm statistics) and
+    the random number generators put back after the training-mode forward, and bitsandbytes' in-place CPU repack of
+    4-bit weights is held off.
     """
     from ..quantization.cpu_packing import repack_held_off
+    from .kinds import LayerKind, layer_kind
 
     modules = dict(model.named_modules())
     seen: dict[str, int] = {}
@@ -106,20 +111,42 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
         handles.append(modules[name].register_forward_pre_hook(record))
     training = {name: module.training for name, module in model.named_modules()}
     linear_weights = _LinearWeights()
-    ran = False
+    ran = None
+    training_only: tuple[str, ...] = ()
+
+    def forward(example: torch.Tensor) -> None:
+        with torch.no_grad(), repack_held_off(model), linear_weights:
+            model(example)
+
     try:
         model.eval()
         for example in example_inputs(model):
             try:
-                with torch.no_grad(), repack_held_off(model), linear_weights:
-                    model(example)
-                ran = True
+                forward(example)
+                ran = example
                 break
             except Exception as error:  # noqa: BLE001 - try the next size; callers treat "did not run" as unknown
                 seen.clear()
                 linear_weights.weights.clear()
                 logger.info("peft-vision-ext: could not run %s on %s (%s)", type(model).__name__,
                             tuple(example.shape), error)
+        skipped = [n for n in names if n not in seen and id(getattr(_base(modules[n]), "weight", None))
+                   not in linear_weights.weights]
+        if ran is not None and skipped and not any(layer_kind(m) is LayerKind.BNB_8BIT for m in modules.values()):
+            before = set(seen)
+            buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+            devices = sorted({b.device.index for b, _ in buffers if b.device.type == "cuda"})
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    model.train()
+                    forward(ran)
+            except Exception as error:  # noqa: BLE001 - then they stay "never called in eval mode"
+                logger.info("peft-vision-ext: training-mode probe of %s failed (%s)", type(model).__name__, error)
+            finally:
+                with torch.no_grad():
+                    for buffer, saved in buffers:
+                        buffer.copy_(saved)
+            training_only = tuple(n for n in skipped if n in seen and n not in before)
     finally:
         for handle in handles:
             handle.remove()
@@ -128,10 +155,10 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
     reads = {}
     for name in names:
         weight = getattr(_base(modules[name]), "weight", None)
-        if ran and name not in seen and weight is not None and id(weight) in linear_weights.weights:
+        if ran is not None and name not in seen and weight is not None and id(weight) in linear_weights.weights:
             parent = name.rpartition(".")[0]
             reads[name] = type(modules[parent]).__name__ if parent in modules else type(model).__name__
-    return Observation(ran, seen, reads)
+    return Observation(ran is not None, seen, reads, training_only)
 
 
 def _base(module: nn.Module) -> nn.Module:
