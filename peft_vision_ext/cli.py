@@ -47,10 +47,15 @@ def _explicit_config(method: str, kwargs: dict) -> object:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .compat import check
+    from .errors import PresetError, UnsupportedCombinationError
     from .models import build_model
 
     model = build_model(args.model, num_classes=args.num_classes)
-    report = check(model, _config_from_args(model, args))
+    try:
+        report = check(model, _config_from_args(model, args))
+    except (PresetError, UnsupportedCombinationError) as error:  # a preset the method cannot use at all
+        print(f"REFUSED: {error}", file=sys.stderr)
+        return 1
     print(report.render())
     return 0 if report.ok else 1
 

@@ -299,3 +299,19 @@ def test_modules_to_save_suffix_matches_are_warned_about():
     from peft_vision_ext.compat.enforce import suffix_surprises
 
     assert suffix_surprises(TwoHeads(), ["model.head", "conv"]) == {}
+
+
+def test_cli_check_names_preset_refusals_left_out_modules_and_routed_layers(capsys: pytest.CaptureFixture[str]) -> None:
+    from peft_vision_ext.cli import main
+
+    # every layer of the preset refused for the method: the matrix's reason, exit 1, no traceback
+    assert main(["check", "torchvision:vit_b_16", "--method", "loha", "--preset", "attention"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("REFUSED: ") and "LoHa cannot adapt mha layers" in err and "Instead:" in err
+    # LoRA with conv+depthwise on MobileNetV3: the depthwise convs are left out, and check says so
+    assert main(["check", "torchvision:mobilenet_v3_small", "--method", "lora", "--preset", "conv+depthwise"]) == 0
+    out = capsys.readouterr().out
+    assert "left out by the preset: 11 conv2d-grouped layers" in out and "r is a multiple of groups" in out
+    # timm BEiT: qkv is read by its attention's own F.linear, routed through the adapter
+    assert main(["check", "timm:beit_base_patch16_224", "--method", "lora"]) == 0
+    assert "routed: blocks.0.attn.qkv" in capsys.readouterr().out
