@@ -64,10 +64,11 @@ def _warn_suffix_surprises(model: nn.Module, config: Any) -> None:
                    "rename the module or list a longer, unambiguous path.")
 
 
-def enforce_injection(model: nn.Module, config: Any) -> list[str]:
+def enforce_injection(model: nn.Module, config: Any) -> None:
     """Before PEFT replaces any module: refuse what the matrix refuses (and targets the forward never calls), warn
-    what it warns about. Returns the targets whose parent computes ``F.linear`` with their weight itself: the caller
-    routes those calls through the wrappers once PEFT has injected them (:func:`peft_vision_ext.routing.route`).
+    what it warns about. The targets whose parent computes ``F.linear`` with their weight itself are recorded on the
+    config (``ROUTED_ATTRIBUTE``): the direct-weight-routing hook routes those calls through the wrappers once PEFT
+    has injected them (:func:`peft_vision_ext.routing.route`).
 
     Runs from the tuner's pre-injection hook and again from inject_adapter (after the vision defaults are filled
     in); the second call is skipped when nothing changed in between.
@@ -76,7 +77,7 @@ def enforce_injection(model: nn.Module, config: Any) -> list[str]:
     last = getattr(_last, "checked", None)  # weak references: a new object may reuse a dead one's id
     if last is not None and last[0]() is model and last[1]() is config and last[2] == targets:
         config.__dict__[ROUTED_ATTRIBUTE] = list(last[3])
-        return list(last[3])
+        return
     _warn_suffix_surprises(model, config)
     # bitsandbytes may have repacked 4-bit weights at an eval forward before the plugin saw the model: training
     # would fail on them (see quantization/cpu_packing.py); from here on they stay unpacked.
@@ -96,7 +97,6 @@ def enforce_injection(model: nn.Module, config: Any) -> list[str]:
     config.__dict__[ROUTED_ATTRIBUTE] = routed  # for the direct-weight-routing hook, after PEFT has injected
     _mark_quantized(model, {m.kind for m in report.modules})
     _last.checked = (weakref.ref(model), weakref.ref(config), targets, tuple(routed)) if enforcing() else None
-    return routed
 
 
 def _holds(module: nn.Module, adapter: str) -> bool:

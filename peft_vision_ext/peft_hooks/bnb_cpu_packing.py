@@ -19,13 +19,14 @@ def _install_bnb_cpu_packing() -> None:
 
 def patch_bitsandbytes() -> None:
     """New ``Linear4bit`` layers start with bitsandbytes' in-place CPU repack off (idempotent)."""
-    # Why: bitsandbytes >= 0.48 on an AVX512-BF16 CPU repacks a Linear4bit's weight in place at its first eval forward
-    # without gradients (bf16 statistics, another nibble order): training afterwards raises, dequantizing and PEFT's
-    # merges read the weights wrong, widths that are not a multiple of 32 assert, and the repack cannot be undone
-    # exactly. A vision fine-tune evaluates before it trains, so every Linear4bit built from here on (by quantize(),
-    # transformers' from_pretrained, PEFT) starts with the per-layer switch off;
-    # quantization.enable_inference_packing(model) turns it on for inference-only models. Not a PEFT internal, but
-    # the same rule holds: one hook, in one place. A bitsandbytes without the repack is left alone.
+    # Why: bitsandbytes (0.50.2 here; every release with _convert_weight_packed_for_cpu) on an AVX512-BF16 CPU
+    # repacks a Linear4bit's weight in place at its first eval forward without gradients (bf16 statistics, another
+    # nibble order): training afterwards raises, dequantizing and PEFT's merges read the weights wrong, widths that
+    # are not a multiple of 32 assert, and the repack cannot be undone exactly. A vision fine-tune evaluates before
+    # it trains, so every Linear4bit built from here on (by quantize(), transformers' from_pretrained, PEFT) starts
+    # with the per-layer switch off; quantization.enable_inference_packing(model) turns it on for inference-only
+    # models. Not a PEFT internal, but the same rule holds: one hook, in one place. A bitsandbytes without the repack
+    # is left alone.
     try:
         import bitsandbytes as bnb
         import bitsandbytes.functional as bnbf

@@ -1,7 +1,7 @@
 """bitsandbytes' AVX512-BF16 CPU layout for 4-bit weights: kept off for models that train, undone where it happened,
 turned on for inference only when asked.
 
-On a CPU with AVX512-BF16, bitsandbytes (0.48 and newer) repacks a ``Linear4bit``'s weight *in place* at its first
+On a CPU with AVX512-BF16, bitsandbytes (0.50.2 here) repacks a ``Linear4bit``'s weight *in place* at its first
 forward in eval mode with an input that needs no gradient (``support_avx512bf16_for_cpu``): the nibbles are
 reordered for its fused kernel and the block statistics (absmax, double-quantized or not) become bf16. After that
 one "accuracy before fine-tuning" forward, training raises (an in-place change of a leaf view), dequantizing and
@@ -10,7 +10,8 @@ PEFT's merges read the new layout as the old one (wrong shapes or silently wrong
 2e-3 of their relative precision.
 
 :func:`keep_unpacked` switches the repack off for every 4-bit layer of a model (the ``bnb-cpu-packing`` hook does the
-same for every layer built after ``import peft_vision_ext``) and converts layers that were already repacked back to
+same for every layer built once bitsandbytes is patched: at ``import peft_vision_ext`` where PEFT has loaded it, or at
+the first ``quantize()`` / ``bnb_config()``) and converts layers that were already repacked back to
 bitsandbytes' standard layout, *exactly as they compute now*: the nibbles are restored losslessly and the bf16
 statistics become fp32 without a second quantization, so the layer keeps computing with the same weights.
 :func:`enable_inference_packing` opts a model that will only run inference into the packed kernel.
