@@ -1,7 +1,7 @@
 """Overhead of the plugin: ``import peft_vision_ext`` on top of ``import peft``, and ``get_peft_model`` with a
-preset (target_modules=None, resolved by the plugin, checked against the compatibility matrix) vs plain PEFT with
-the same targets passed explicitly and the plugin not imported. Every measurement runs in fresh processes;
-medians, as ratios.
+preset (target_modules=None, resolved by the plugin, checked against the compatibility matrix, one probe forward)
+vs plain PEFT with the same targets passed explicitly and the plugin not imported. Every measurement runs in fresh
+processes; medians, as ratios.
 
     python benchmarks/overhead.py [--repeats 5] [--quick]
 """
@@ -75,7 +75,7 @@ def main() -> None:
                                                    explicit_flag=False)))
     print(f"import peft: {peft_s:.2f} s; import peft_vision_ext afterwards: +{plugin_s:.3f} s "
           f"({(peft_s + plugin_s) / peft_s:.2f}x)")
-    print("| model | plain PEFT, explicit targets (s) | plugin, preset + matrix check (s) | ratio |")
+    print("| model | plain PEFT, explicit targets (s) | plugin, preset + matrix check + probe forward (s) | ratio |")
     print("|---|---:|---:|---:|")
     for name in plain:
         print(f"| {name} | {plain[name]:.3f} | {plugin[name]:.3f} | {plugin[name] / plain[name]:.2f}x |")
