@@ -41,7 +41,8 @@ def routable(config: Any) -> bool:
     return method in ROUTABLE_METHODS and not getattr(config, "use_dora", False)
 
 
-def _linear_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:
+def linear_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:
+    """(input, weight, bias) of an ``F.linear`` call, however they were passed."""
     names = ("input", "weight", "bias")
     values = list(args) + [None] * (3 - len(args))
     return tuple(kwargs.get(name, values[i]) for i, name in enumerate(names))
@@ -83,7 +84,7 @@ class _ThroughWrappers(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.linear:
-            x, weight, bias = _linear_arguments(args, kwargs)
+            x, weight, bias = linear_arguments(args, kwargs)
             wrapper = self.routes.get(id(weight))
             if wrapper is not None:
                 return call_through(wrapper, x, bias)
@@ -93,8 +94,8 @@ class _ThroughWrappers(TorchFunctionMode):
 class _Routing:
     """The hooks on one parent: enter the mode before its forward, leave it after (also when it raises)."""
 
-    def __init__(self, parent: nn.Module, children: Iterable[str]) -> None:
-        self.children = set(children)
+    def __init__(self, parent: nn.Module) -> None:
+        self.children: set[str] = set()
         self.modes: list[_ThroughWrappers] = []
         self.handles = (parent.register_forward_pre_hook(self.enter),
                         parent.register_forward_hook(self.leave, always_call=True))
@@ -116,23 +117,19 @@ class _Routing:
             mode.__exit__(None, None, None)
 
 
-def route(model: nn.Module, paths: Iterable[str]) -> list[str]:
+def route(model: nn.Module, paths: Iterable[str]) -> None:
     """Route the parents of ``paths`` (Linear layers their parents read directly) through adapter wrappers.
 
-    Idempotent: a parent routed before gains the new children only. Returns the paths newly routed.
+    Idempotent: a parent routed before gains the new children only.
     """
-    added = []
     for path in paths:
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
         routing = parent.__dict__.get(_ROUTES)
         if routing is None:
-            routing = _Routing(parent, ())
+            routing = _Routing(parent)
             parent.__dict__[_ROUTES] = routing
-        if child not in routing.children:
-            routing.children.add(child)
-            added.append(path)
-    return added
+        routing.children.add(child)
 
 
 def routed_paths(model: nn.Module) -> list[str]:

@@ -24,6 +24,7 @@ from ..routing import ROUTABLE_METHODS, routable
 from ..targets import targeted_modules
 from ..versions import peft_version
 from .kinds import LayerKind, layer_kind
+from .kinds import base_layer as _base_layer
 from .matrix import ADVICE, METHOD_NAMES, Entry, Operation, Status, Verdict, entry
 
 _UNVERIFIED = Verdict(Status.UNVERIFIED, "not covered by the compatibility matrix: passed through to PEFT unverified")
@@ -147,11 +148,6 @@ class CompatReport:
                 lines += [f"REFUSED ({operation.value}):", str(error)]
         lines += [f"warning: {text}" for text in self.advice + self.notes]
         return "\n".join(lines)
-
-
-def _base_layer(module: nn.Module) -> nn.Module:
-    get_base_layer = getattr(module, "get_base_layer", None)
-    return get_base_layer() if callable(get_base_layer) else module
 
 
 def _logical_params(module: nn.Module) -> int:

@@ -13,8 +13,8 @@ from torch import nn
 from ..errors import name_list
 from ..peft_hooks.weight_routing import ROUTED_ATTRIBUTE
 from ..quantization.cpu_packing import keep_unpacked
-from .check import CompatReport, ModuleCheck, _base_layer, _logical_params, enforcing, inspect_targets, method_name
-from .kinds import LayerKind, layer_kind
+from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name
+from .kinds import LayerKind, base_layer, layer_kind
 from .matrix import Operation, entry
 
 logger = logging.getLogger("peft_vision_ext")
@@ -120,7 +120,7 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
         for path, module in tuner.model.named_modules():
             if not hasattr(module, "adapter_layer_names") or not _holds(module, adapter):
                 continue
-            base = _base_layer(module)
+            base = base_layer(module)
             kind = layer_kind(base)
             item = entry(method, kind, peft_version())
             if item is not None:

@@ -54,6 +54,12 @@ def _bnb_kind(module: nn.Module) -> LayerKind | None:
     return None
 
 
+def base_layer(module: nn.Module) -> nn.Module:
+    """The layer a PEFT wrapper wraps (the module itself when it is not a wrapper)."""
+    get_base_layer = getattr(module, "get_base_layer", None)
+    return get_base_layer() if callable(get_base_layer) else module
+
+
 def is_linear(module: nn.Module) -> bool:
     # transformers' Conv1D (GPT-2 style, weight stored transposed) is a Linear for PEFT (fan_in_fan_out).
     return isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..routing import linear_arguments
+from .kinds import base_layer
+
 logger = logging.getLogger("peft_vision_ext")
 
 
@@ -81,8 +84,7 @@ class _LinearWeights(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.linear:
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            self.weights.add(id(weight))
+            self.weights.add(id(linear_arguments(args, kwargs)[1]))
         return func(*args, **kwargs)
 
 
@@ -130,7 +132,7 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
                 linear_weights.weights.clear()
                 logger.info("peft-vision-ext: could not run %s on %s (%s)", type(model).__name__,
                             tuple(example.shape), error)
-        skipped = [n for n in names if n not in seen and id(getattr(_base(modules[n]), "weight", None))
+        skipped = [n for n in names if n not in seen and id(getattr(base_layer(modules[n]), "weight", None))
                    not in linear_weights.weights]
         if ran is not None and skipped and not any(layer_kind(m) is LayerKind.BNB_8BIT for m in modules.values()):
             before = set(seen)
@@ -154,16 +156,11 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
             module.training = training.get(name, module.training)
     reads = {}
     for name in names:
-        weight = getattr(_base(modules[name]), "weight", None)
+        weight = getattr(base_layer(modules[name]), "weight", None)
         if ran is not None and name not in seen and weight is not None and id(weight) in linear_weights.weights:
             parent = name.rpartition(".")[0]
             reads[name] = type(modules[parent]).__name__ if parent in modules else type(model).__name__
     return Observation(ran is not None, seen, reads, training_only)
-
-
-def _base(module: nn.Module) -> nn.Module:
-    get_base_layer = getattr(module, "get_base_layer", None)
-    return get_base_layer() if callable(get_base_layer) else module
 
 
 def input_ndims(model: nn.Module, names: list[str]) -> dict[str, int]:

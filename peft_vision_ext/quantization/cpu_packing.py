@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import warnings
 from collections.abc import Iterator
 
@@ -29,8 +28,6 @@ import torch
 from torch import nn
 
 from ..compat.kinds import LayerKind, layer_kind
-
-logger = logging.getLogger("peft_vision_ext")
 
 #: bitsandbytes' per-layer switch (Linear4bit attribute) and the quant-state flag of the packed layout.
 SWITCH = "support_avx512bf16_for_cpu"
@@ -88,12 +85,12 @@ def unpack(module: nn.Module) -> None:
         module.quant_state = state
 
 
-def keep_unpacked(model: nn.Module) -> list[str]:
+def keep_unpacked(model: nn.Module) -> None:
     """Switch bitsandbytes' CPU repack off for every 4-bit layer of ``model``; unpack layers it already repacked.
 
-    Returns the paths of the layers that had been repacked (a one-time warning names them: their statistics were
-    rounded to bf16 by bitsandbytes, so they differ slightly from a freshly quantized copy of the same weights).
-    Idempotent and cheap when nothing is packed.
+    A warning names the layers that had been repacked (their statistics were rounded to bf16 by bitsandbytes, so
+    they differ slightly from a freshly quantized copy of the same weights). Idempotent and cheap when nothing is
+    packed.
     """
     unpacked = []
     for name, module in _four_bit_layers(model):
@@ -111,7 +108,6 @@ def keep_unpacked(model: nn.Module) -> list[str]:
             "standard layout (so they can train, merge and save) and compute as they did, but differ by that "
             "rounding (~2e-3 relative) from a freshly quantized copy. Import peft_vision_ext before the first forward "
             "to keep them exact.", UserWarning, stacklevel=3)
-    return unpacked
 
 
 def enable_inference_packing(model: nn.Module) -> list[str]:
