@@ -14,12 +14,14 @@ from .errors import (
     AdapterLoadError,
     BaseModelMismatchError,
     EmptyPresetError,
+    FusedSlicesError,
     NotAVisionModelError,
     PresetError,
     QuantizationError,
     UnknownPresetError,
     UnsupportedCombinationError,
 )
+from .fused import use_fused_slices
 from .hub import describe, load_adapter
 from .presets import (
     PRESETS,
@@ -49,6 +51,7 @@ __all__ = [
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
     "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
     "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
+    "use_fused_slices", "FusedSlicesError",
 ]
 
 

@@ -78,7 +78,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
             outcome = "ok" if run.ok else f"stopped at {run.failed_stage}: {run.error.splitlines()[0][:100]}"
             refused = "UnsupportedCombinationError" in run.error
             failures += not (run.ok or refused)
-            print(f"{method:<10} {kind.value:<15} {item.train.status.value if item else '?':<24} {outcome}")
+            print(f"{method:<11} {kind.value:<15} {item.train.status.value if item else '?':<24} {outcome}")
     print(f"{failures} cells failed outside a refusal")
     return 1 if failures else 0
 

@@ -61,3 +61,8 @@ class PresetRefusedError(UnsupportedCombinationError, EmptyPresetError):
     """A preset selects layers on this model, but the compatibility matrix refuses every one of them for the method
     (LoHa on a 4-bit ViT). Both an :class:`UnsupportedCombinationError` (with the matrix's reasons) and an
     :class:`EmptyPresetError`."""
+
+
+class FusedSlicesError(ValueError):
+    """LoRA on the slices of a fused projection (qkv, kv, nn.MultiheadAttention) cannot be set up as asked: the
+    slices cannot be determined, or the config asks for something the slices layout does not support (DoRA, ...)."""

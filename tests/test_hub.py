@@ -54,7 +54,7 @@ def test_timm_round_trip_card_and_metadata(tmp_path):
     pve.describe(peft_model, dataset="mnist", metrics={"accuracy": 0.875})
     loaded = _round_trip(peft_model, tmp_path / "adapter", torch.randn(2, 3, 32, 32))
     assert _files(tmp_path / "adapter") == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                            METADATA_FILE]
+                                            "fused_slices.json", METADATA_FILE]
     card = ModelCard.load(tmp_path / "adapter" / "README.md")
     assert card.data.library_name == "peft"
     assert {"peft-vision-ext", "vision", "image-classification", "lora", "timm"} <= set(card.data.tags)
@@ -62,7 +62,8 @@ def test_timm_round_trip_card_and_metadata(tmp_path):
     assert card.data.metrics == ["accuracy"] and card.data.datasets == ["mnist"]
     assert not card.data.base_model  # a local folder is not a Hub id
     trainable, total = peft_model.get_nb_trainable_parameters()
-    for text in ("| Method | LoRA (r=4) |", "| Preset | attention |", f"{trainable:,} of {total:,}",
+    for text in ("| Method | LoRA (r=4) |", "| Preset | attention (LoRA on the q, v slices of fused layers) |",
+                 f"{trainable:,} of {total:,}",
                  "| accuracy | 0.875 |", "| Trained in full | `head` |", str(tmp_path / "base")):
         assert text in card.text, text
     meta = json.loads((tmp_path / "adapter" / METADATA_FILE).read_text())

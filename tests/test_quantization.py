@@ -147,7 +147,10 @@ def test_lora_on_quantized_vit_learns_mnist(tmp_path: Path) -> None:
         adapted.eval()
         adapted.save_pretrained(tmp_path / method)
         reloaded = PeftModel.from_pretrained(pve.quantize(copy.deepcopy(model), bits=4), tmp_path / method).eval()
-        assert torch.equal(_out(reloaded, x[:4]), _out(adapted, x[:4])), method
+        if method == "lora":
+            assert torch.equal(_out(reloaded, x[:4]), _out(adapted, x[:4]))
+        else:  # the reload keeps only the allocated ranks (5 of 8 here): a shorter sum, equal up to rounding
+            torch.testing.assert_close(_out(reloaded, x[:4]), _out(adapted, x[:4]), atol=1e-5, rtol=1e-5)
         if method == "adalora":
             with pytest.raises(UnsupportedCombinationError):
                 adapted.merge_and_unload()  # PEFT's re-quantizing merge is refused by the matrix ...

@@ -62,6 +62,7 @@ class ModuleCheck:
     base_params: int
     adapter_params: int | None = None  # None: not counted (refused, or a layer type we cannot stand in for)
     routed: bool = False  # its parent computes F.linear with its weight: the call is routed through the wrapper
+    slices: tuple[str, ...] = ()  # LoRA on these slices of a fused q/k/v layer (peft_vision_ext.fused)
 
 
 @dataclass
@@ -134,6 +135,11 @@ class CompatReport:
         for (kind, reason, instead), paths in self.dropped.items():
             lines.append(f"left out by the preset: {len(paths)} {kind} layers ({name_list(paths)}): {reason}. "
                          f"Instead: {instead}.")
+        sliced = [m for m in self.modules if m.slices]
+        for chosen in sorted({m.slices for m in sliced}):
+            paths = [m.path for m in sliced if m.slices == chosen]
+            lines.append(f"fused slices: {name_list(paths)} ({len(paths)}) get LoRA on their {', '.join(chosen)} "
+                         "slices, rank r each (in adapter_config.json: the stacked rank on the whole layer)")
         if self.routed:
             lines.append(f"routed: {name_list(self.routed)} ({len(self.routed)}): their parent computes F.linear with "
                          "their weight itself; the plugin routes that call through the adapter")
@@ -326,19 +332,23 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     """
     config = copy.deepcopy(config)
     method = method_name(config)
+    from ..fused.slices import fused_plans, prepare, request_preset_slices
     from ..hub.describe import PRESET_ATTRIBUTE
-    from ..presets import SUPPORTED_METHODS, detect_family, dropped, resolve_default
+    from ..presets import PRESETS, SUPPORTED_METHODS, detect_family, dropped, resolve_default
 
     preset = config.__dict__.get(PRESET_ATTRIBUTE)  # set by preset_config()
     if getattr(config, "target_modules", None) is None and method in SUPPORTED_METHODS:
         resolution = resolve_default(model, method)
         preset = resolution.preset
         config.target_modules = resolution.target_modules
+        request_preset_slices(config, PRESETS[preset].roles)
         if getattr(config, "modules_to_save", None) is None:
             config.modules_to_save = resolution.modules_to_save
         if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
             config.feedforward_modules = resolution.feedforward_modules
     report = inspect_targets(model, config)
+    prepare(model, config)  # on the copy: plans the fused layers LoRA adapts by slices
+    plans = fused_plans(config)
     detection = detect_family(model) if preset is not None else None
     if detection is not None:
         report.dropped = dropped(detection, preset, method)
@@ -348,6 +358,10 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     checked = []
     for item in report.modules:
         module = _base_layer(modules[item.path])
+        plan = plans.get(item.path)
+        if plan is not None and item.train.status is not Status.REFUSED:
+            checked.append(dataclasses.replace(item, adapter_params=plan.adapter_params, slices=plan.slices))
+            continue
         key = (_shape_key(module, item.kind), _rank_for(config, item.path), _is_feedforward(config, item.path))
         if item.train.status is not Status.REFUSED and key not in counts:
             counts[key] = _count_adapter(config, module, item.kind, item.path)

@@ -82,11 +82,16 @@ class Entry:
         return Verdict(Status.REFUSED, self.condition.reason, self.condition.instead)
 
 
-METHOD_NAMES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT",
-                "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
-_CONFIG_CLASSES = {"lora": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig", "adalora": "AdaLoraConfig",
-                   "ia3": "IA3Config", "oft": "OFTConfig", "boft": "BOFTConfig", "vera": "VeraConfig",
-                   "fourierft": "FourierFTConfig"}
+METHOD_NAMES = {"lora": "LoRA", "lora-slices": "LoRA (fused slices)", "loha": "LoHa", "lokr": "LoKr",
+                "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT", "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
+_CONFIG_CLASSES = {"lora": "LoraConfig", "lora-slices": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig",
+                   "adalora": "AdaLoraConfig", "ia3": "IA3Config", "oft": "OFTConfig", "boft": "BOFTConfig",
+                   "vera": "VeraConfig", "fourierft": "FourierFTConfig"}
+
+
+def peft_method(method: str) -> str:
+    """The PEFT method behind a matrix row (``lora-slices`` is a LoRA layout)."""
+    return "lora" if method == "lora-slices" else method
 
 
 def config_class(method: str) -> type:
@@ -130,6 +135,15 @@ _RANK_DIVIDES_GROUPS = Condition(
 )
 
 
+_LORA_GROUPED_MERGE = _refused("PEFT cannot merge LoRA into grouped convs (NotImplementedError)",
+                               "keep the adapter unmerged, or use LoHa/LoKr/IA3, which merge into grouped convs")
+_LORA_DILATED = _refused("PEFT's LoRA conv ignores dilation: its output has the wrong size and the first forward crashes",
+                         "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do)")
+_SLICES = ("this plugin's LoRA on the q/v (or chosen) slices of a fused qkv / kv Linear or an nn.MultiheadAttention, "
+           "each slice with its own rank-r factors; saved as PEFT's standard LoRA of the whole layer, so plain PEFT "
+           "loads it")
+
+
 def _entries() -> list[Entry]:
     entries: list[Entry] = []
 
@@ -140,14 +154,16 @@ def _entries() -> list[Entry]:
 
     # LoRA ------------------------------------------------------------------------------------------
     add("lora", (*LINEAR_KINDS, K.CONV2D, K.CONV2D_1X1, K.MHA), OK)
-    add("lora", (K.CONV2D_GROUPED,), OK, _refused(
-        "PEFT cannot merge LoRA into grouped convs (NotImplementedError)",
-        "keep the adapter unmerged, or use LoHa/LoKr/IA3, which merge into grouped convs"),
-        condition=_RANK_DIVIDES_GROUPS)
-    add("lora", (K.CONV2D_DILATED,), _refused(
-        "PEFT's LoRA conv ignores dilation: its output has the wrong size and the first forward crashes",
-        "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do)"))
+    add("lora", (K.CONV2D_GROUPED,), OK, _LORA_GROUPED_MERGE, condition=_RANK_DIVIDES_GROUPS)
+    add("lora", (K.CONV2D_DILATED,), _LORA_DILATED)
     add("lora", BNB_KINDS, _FLAGS)
+
+    # LoRA on the slices of a fused q/k/v layer (peft_vision_ext.fused): a layout, not a PEFT method. Convolutions are
+    # never fused: the same config gives them whole-layer LoRA, whose verdicts they keep.
+    add("lora-slices", (*LINEAR_KINDS, K.MHA, *BNB_KINDS), Verdict(Status.PLUGIN, _SLICES))
+    add("lora-slices", (K.CONV2D, K.CONV2D_1X1), OK)
+    add("lora-slices", (K.CONV2D_GROUPED,), OK, _LORA_GROUPED_MERGE, condition=_RANK_DIVIDES_GROUPS)
+    add("lora-slices", (K.CONV2D_DILATED,), _LORA_DILATED)
 
     # LoHa / LoKr -----------------------------------------------------------------------------------
     for method in ("loha", "lokr"):

@@ -21,24 +21,44 @@ from .kinds import LayerKind
 
 FEATURES = 64  # multiple of bitsandbytes' 4-bit block size and of the orthogonal methods' block sizes
 CHANNELS = 8
+HEADS = 4
+#: Kinds on which the ``lora-slices`` cells hold a fused q/k/v layer (an nn.MultiheadAttention is fused by itself).
+FUSED_LINEAR_KINDS = (LayerKind.LINEAR, LayerKind.LINEAR_4D, LayerKind.BNB_8BIT, LayerKind.BNB_4BIT)
 FP32_TOLERANCE = 1e-4
 
 
-class _Cell(nn.Module):
-    """A model made of one layer of the kind under test (``layer``) fed input of the right shape."""
+class _FusedAttention(nn.Module):
+    """An attention block holding a fused ``qkv`` Linear: its slices are read from ``num_heads``."""
 
-    def __init__(self, layer: nn.Module, kind: LayerKind) -> None:
+    def __init__(self, qkv: nn.Module) -> None:
         super().__init__()
-        self.layer = layer
+        self.num_heads = HEADS
+        self.qkv = qkv
+
+
+class _Cell(nn.Module):
+    """A model made of one layer of the kind under test (``layer``, or ``attn.qkv`` for a fused one) fed input of
+    the right shape."""
+
+    def __init__(self, layer: nn.Module, kind: LayerKind, fused: bool = False) -> None:
+        super().__init__()
+        if fused:
+            self.attn = _FusedAttention(layer)
+        else:
+            self.layer = layer
         self.kind = kind
+
+    @property
+    def target(self) -> nn.Module:
+        return self.attn.qkv if hasattr(self, "attn") else self.layer
 
     def example_input(self) -> torch.Tensor:
         return example_input(self.kind)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind is LayerKind.MHA:
-            return self.layer(x, x, x, need_weights=False)[0]
-        return self.layer(x)
+            return self.target(x, x, x, need_weights=False)[0]
+        return self.target(x)
 
 
 def _quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: LayerKind) -> nn.Module:
@@ -47,13 +67,14 @@ def _quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: Lay
     return quantized_linear(weight, bias, 4 if kind is LayerKind.BNB_4BIT else 8, int8_threshold=0.0)
 
 
-def tiny_layer(kind: LayerKind, seed: int = 0) -> nn.Module:
-    """One freshly initialised layer of ``kind`` (deterministic in ``seed``)."""
+def tiny_layer(kind: LayerKind, seed: int = 0, fused: bool = False) -> nn.Module:
+    """One freshly initialised layer of ``kind`` (deterministic in ``seed``); ``fused``: a q/k/v Linear."""
     torch.manual_seed(seed)
+    out_features = 3 * FEATURES if fused else FEATURES
     if kind in (LayerKind.LINEAR, LayerKind.LINEAR_4D):
-        return nn.Linear(FEATURES, FEATURES)
+        return nn.Linear(FEATURES, out_features)
     if kind in (LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
-        fp = nn.Linear(FEATURES, FEATURES)
+        fp = nn.Linear(FEATURES, out_features)
         return _quantized_linear(fp.weight, fp.bias, kind)
     if kind is LayerKind.CONV2D:
         return nn.Conv2d(CHANNELS, 2 * CHANNELS, 3, padding=1)
@@ -64,12 +85,14 @@ def tiny_layer(kind: LayerKind, seed: int = 0) -> nn.Module:
     if kind is LayerKind.CONV2D_DILATED:
         return nn.Conv2d(CHANNELS, 2 * CHANNELS, 3, padding=2, dilation=2)
     if kind is LayerKind.MHA:
-        return nn.MultiheadAttention(FEATURES, 4, batch_first=True)
+        return nn.MultiheadAttention(FEATURES, HEADS, batch_first=True)
     raise ValueError(f"no tiny layer for kind {kind}")
 
 
-def tiny_model(kind: LayerKind, seed: int = 0) -> nn.Module:
-    return _Cell(tiny_layer(kind, seed), kind).eval()
+def tiny_model(kind: LayerKind, seed: int = 0, method: str | None = None) -> nn.Module:
+    """The cell's model; for ``lora-slices`` on Linear kinds, a fused qkv inside an attention block."""
+    fused = method == "lora-slices" and kind in FUSED_LINEAR_KINDS
+    return _Cell(tiny_layer(kind, seed, fused), kind, fused).eval()
 
 
 def example_input(kind: LayerKind, seed: int = 1) -> torch.Tensor:
@@ -87,8 +110,11 @@ def cell_config(method: str, target: str = "layer") -> object:
     """A small, valid config of ``method`` targeting ``target`` (identity-initialised where PEFT offers it)."""
     import peft
 
+    from ..fused import use_fused_slices
+
     factories: dict[str, Callable[[], object]] = {
         "lora": lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target]),
+        "lora-slices": lambda: use_fused_slices(peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target, "qkv"])),
         "loha": lambda: peft.LoHaConfig(r=4, alpha=8, target_modules=[target]),
         "lokr": lambda: peft.LoKrConfig(r=4, alpha=8, target_modules=[target]),
         "adalora": lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=[target]),
@@ -151,7 +177,7 @@ def _merge_tolerance(run_kind: LayerKind, method: str, adapted: nn.Module, x: to
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from peft.utils.integrations import dequantize_bnb_weight
 
-    base = adapted.get_base_model().layer.get_base_layer()
+    base = adapted.get_base_model().target.get_base_layer()
     weight = dequantize_bnb_weight(base.weight, getattr(base, "state", None)).float()
     bias = None if base.bias is None else base.bias.detach().float()
     twin_layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -159,9 +185,10 @@ def _merge_tolerance(run_kind: LayerKind, method: str, adapted: nn.Module, x: to
         twin_layer.weight.copy_(weight)
         if bias is not None:
             twin_layer.bias.copy_(bias)
-    twin = get_peft_model(_Cell(twin_layer, LayerKind.LINEAR), cell_config(method))
+    twin = get_peft_model(_Cell(twin_layer, LayerKind.LINEAR, hasattr(adapted.get_base_model(), "attn")),
+                          cell_config(method))
     set_peft_model_state_dict(twin, get_peft_model_state_dict(adapted))
-    merged = twin.merge_and_unload().layer  # exact fp32 merge
+    merged = twin.merge_and_unload().target  # exact fp32 merge
     requantized = _quantized_linear(merged.weight, merged.bias, run_kind)
     with torch.no_grad():
         requantization_error = _max_diff(requantized(x), merged(x))
@@ -175,7 +202,7 @@ def run_cell(method: str, kind: LayerKind, identity_init: bool = True) -> CellRu
 
     run = CellRun(method, kind)
     x = example_input(kind)
-    model = tiny_model(kind)
+    model = tiny_model(kind, method=method)
     with torch.no_grad():
         base_out = model(x)
     try:
@@ -206,7 +233,7 @@ def run_cell(method: str, kind: LayerKind, identity_init: bool = True) -> CellRu
     try:
         with tempfile.TemporaryDirectory() as folder:
             adapted.save_pretrained(folder)
-            reloaded = PeftModel.from_pretrained(tiny_model(kind), folder).eval()
+            reloaded = PeftModel.from_pretrained(tiny_model(kind, method=method), folder).eval()
             with torch.no_grad():
                 run.reload_diff = _max_diff(reloaded(x), out)
         if run.reload_diff > 1e-6:

@@ -13,6 +13,7 @@ import os
 import re
 from typing import Any
 
+from ..fused.slices import fused_plans
 from .describe import PRESET_ATTRIBUTE, card_info
 from .metadata import (
     FORMAT_VERSION,
@@ -55,8 +56,10 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
     adapters = {}
     for name, config in peft_model.peft_config.items():
         method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+        plans = fused_plans(config)
         adapters[name] = {"method": method, "preset": config.__dict__.get(PRESET_ATTRIBUTE),
-                          "rank": getattr(config, "target_r" if method == "adalora" else "r", None)}
+                          "rank": getattr(config, "target_r" if method == "adalora" else "r", None),
+                          "fused_slices": sorted({s for plan in plans.values() for s in plan.slices}) or None}
     return {
         "format_version": FORMAT_VERSION,
         "peft_vision_ext_version": plugin_version(),
@@ -110,7 +113,10 @@ def _section(meta: dict[str, Any]) -> str:
         title = _METHOD_TITLES.get(adapter["method"], adapter["method"])
         rank = f" (r={adapter['rank']})" if adapter["rank"] else ""
         label = "Method" if len(meta["adapters"]) == 1 else f"Method (`{name}`)"
-        rows += [(label, f"{title}{rank}"), ("Preset", adapter["preset"] or "explicit target_modules")]
+        preset = adapter["preset"] or "explicit target_modules"
+        if adapter.get("fused_slices"):
+            preset += f" (LoRA on the {', '.join(adapter['fused_slices'])} slices of fused layers)"
+        rows += [(label, f"{title}{rank}"), ("Preset", preset)]
     share = 100 * meta["trainable_parameters"] / max(meta["total_parameters"], 1)
     rows.append(("Trainable parameters", f"{meta['trainable_parameters']:,} of {meta['total_parameters']:,} "
                                          f"({share:.2f} %)"))

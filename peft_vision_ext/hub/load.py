@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from ..errors import AdapterLoadError, BaseModelMismatchError, name_list
+from ..fused.slices import SIDECAR
 from .describe import describe, record_preset
 from .metadata import METADATA_FILE, describe_base, fingerprint
 
 _NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md", SIDECAR)
 
 
 def load_adapter(

@@ -25,6 +25,7 @@ from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_s
 from .bnb_cpu_packing import _install_bnb_cpu_packing
 from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
+from .fused_slices import _install_fused_slices
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
 from .model_card import _install_vision_model_card
@@ -127,6 +128,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_bnb_cpu_packing,
+    ),
+    Hook(
+        name="fused-qkv-slices",
+        why="LoRA on q/v slices of fused qkv: fused_slices.json saved and read beside the adapter (the stacked ranks "
+            "and block factors themselves are set around PEFT's injection, in vision-default-targets)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_fused_slices,
     ),
 )
 

@@ -34,8 +34,9 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
     already knows (text models in its tables) and models with nothing adaptable are left to PEFT.
     """
     from ..errors import NotAVisionModelError
+    from ..fused.slices import request_preset_slices
     from ..hub.describe import record_preset
-    from ..presets import SUPPORTED_METHODS, resolve_default
+    from ..presets import PRESETS, SUPPORTED_METHODS, resolve_default
 
     config = tuner.peft_config[adapter_name]
     method = _method_name(config)
@@ -49,6 +50,7 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
         return  # nothing we recognise: PEFT raises its own "Please specify target_modules"
     config.target_modules = set(resolution.target_modules)
     record_preset(config, resolution.preset)
+    request_preset_slices(config, PRESETS[resolution.preset].roles)
     if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
         config.feedforward_modules = set(resolution.feedforward_modules)
     if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
@@ -76,12 +78,19 @@ def _install_default_targets() -> None:
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
         from ..compat.enforce import enforce_injection
+        from ..fused import slices
 
         fill_vision_defaults(self, model, adapter_name)
         translate_legacy_targets(self, model, adapter_name)
+        config = self.peft_config[adapter_name]
         # The compatibility matrix: refuse before PEFT replaces the first module (see matrix_guards.py).
-        enforce_injection(model, self.peft_config[adapter_name])
-        return original(self, model, adapter_name, *args, **kwargs)
+        enforce_injection(model, config)
+        # LoRA on q/v slices of fused qkv layers (hook fused-qkv-slices): the stacked ranks go into the config
+        # before PEFT builds the layers, the block factors replace PEFT's after.
+        slices.prepare(model, config)
+        result = original(self, model, adapter_name, *args, **kwargs)
+        slices.apply(model, adapter_name, config)
+        return result
 
     setattr(inject_adapter, _MARK, True)
     BaseTuner.inject_adapter = inject_adapter

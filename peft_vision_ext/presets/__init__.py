@@ -162,13 +162,18 @@ def _config_class(method: str) -> type:
     return config_class(method)
 
 
-def preset_config(model: nn.Module, method: str, preset: str | None = None, **method_kwargs: Any) -> Any:
+def preset_config(model: nn.Module, method: str, preset: str | None = None, *, fused: str = "slices",
+                  **method_kwargs: Any) -> Any:
     """A ready PEFT config (LoraConfig, LoHaConfig, ...) for ``model`` using ``preset`` or the default one.
 
     ``method_kwargs`` go to the config class; an explicit ``target_modules`` / ``modules_to_save`` /
-    ``feedforward_modules`` there wins over the preset.
+    ``feedforward_modules`` there wins over the preset. ``fused`` (LoRA): ``"slices"`` adapts fused q/k/v layers
+    (timm ``qkv``/``kv``, nn.MultiheadAttention) slice by slice, the slices the preset names (``attention``: q and v),
+    each with its own rank-r LoRA; ``"whole"`` adapts them as one layer.
     """
     method = method.lower()
+    if fused not in ("slices", "whole"):
+        raise ValueError(f"preset_config(fused={fused!r}): use 'slices' or 'whole'.")
     config_class = _config_class(method)
     if method_kwargs.get("target_modules") is None:
         resolution = resolve_default(model, method, preset)
@@ -178,9 +183,13 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, **me
         if method_kwargs.get("modules_to_save") is None and resolution.modules_to_save:
             method_kwargs["modules_to_save"] = resolution.modules_to_save
         config = config_class(**method_kwargs)
+        from ..fused.slices import request_preset_slices, use_fused_slices
         from ..hub.describe import record_preset  # local: hub imports quantization, which imports presets
 
         record_preset(config, resolution.preset)
+        if method == "lora" and fused == "whole":
+            use_fused_slices(config, "whole")
+        request_preset_slices(config, PRESETS[resolution.preset].roles)
         return config
     if preset is not None:
         raise ValueError("Pass either preset=... or target_modules=..., not both.")

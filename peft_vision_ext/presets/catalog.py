@@ -16,7 +16,7 @@ class Preset:
     description: str
 
 
-_ATTN_QV = frozenset({Role.Q, Role.V, Role.QKV, Role.MHA})
+_ATTN_QV = frozenset({Role.Q, Role.V, Role.QKV, Role.KV, Role.MHA})
 _ATTN_FULL = _ATTN_QV | {Role.K, Role.O}
 _MLP = frozenset({Role.FC1, Role.FC2})
 _ALL_LINEAR = _ATTN_FULL | _MLP | {Role.LINEAR}
@@ -26,8 +26,10 @@ _CONV_DW = _CONV | {Role.DEPTHWISE}
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("attention", _ATTN_QV, "query and value projections (the fused qkv where attention is fused)"),
-        Preset("attention-full", _ATTN_FULL, "query, key, value and output projections"),
+        Preset("attention", _ATTN_QV, "query and value projections; LoRA: the q and v slices of fused qkv / kv / "
+               "nn.MultiheadAttention layers, other methods: the whole fused layer"),
+        Preset("attention-full", _ATTN_FULL, "query, key, value and output projections (LoRA: every slice of fused "
+               "layers, and an nn.MultiheadAttention's out_proj)"),
         Preset("mlp", _MLP, "MLP / pointwise expansion and contraction (fc1, fc2; ConvNeXt pwconv)"),
         Preset("attention+mlp", _ATTN_FULL | _MLP, "attention-full and mlp"),
         Preset("all-linear", _ALL_LINEAR, "every Linear of the backbone (never the task head)"),

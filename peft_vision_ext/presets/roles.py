@@ -24,6 +24,7 @@ class Role(str, Enum):
     K = "k"
     V = "v"
     QKV = "qkv"  # fused query/key/value projection (timm ``attn.qkv``)
+    KV = "kv"  # fused key/value projection (timm PVT-v2 / Twins ``attn.kv``)
     MHA = "mha"  # a whole nn.MultiheadAttention (torchvision ViT): fused qkv *and* output projection
     O = "o"  # noqa: E741 - attention output projection, the name used in the papers
     FC1 = "fc1"  # MLP expansion (also ConvNeXt pwconv1, SwiGLU gate/value)
@@ -37,8 +38,8 @@ class Role(str, Enum):
     NORM = "norm"
 
 
-ATTENTION_ROLES = frozenset({Role.Q, Role.K, Role.V, Role.QKV, Role.MHA, Role.O})
-LINEAR_ROLES = frozenset({Role.Q, Role.K, Role.V, Role.QKV, Role.MHA, Role.O, Role.FC1, Role.FC2, Role.LINEAR})
+ATTENTION_ROLES = frozenset({Role.Q, Role.K, Role.V, Role.QKV, Role.KV, Role.MHA, Role.O})
+LINEAR_ROLES = ATTENTION_ROLES | {Role.FC1, Role.FC2, Role.LINEAR}
 CONV_ROLES = frozenset({Role.CONV, Role.POINTWISE, Role.DEPTHWISE, Role.STEM})
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -57,6 +58,7 @@ _ATTENTION_NAMES: dict[str, Role] = {
     **dict.fromkeys(("key", "k_proj", "k", "k_lin", "to_k", "wk"), Role.K),
     **dict.fromkeys(("value", "v_proj", "v", "v_lin", "to_v", "wv"), Role.V),
     **dict.fromkeys(("qkv", "in_proj", "to_qkv", "qkv_proj", "wqkv"), Role.QKV),
+    **dict.fromkeys(("kv", "to_kv", "kv_proj", "wkv"), Role.KV),
     **dict.fromkeys(("o_proj", "out_proj", "proj", "out", "o", "out_lin", "to_out", "wo", "dense"), Role.O),
 }
 _WRAPPER_LEAVES = frozenset({"linear", "base_layer", "inner", "layer"})
@@ -66,6 +68,7 @@ _ATTENTION_PARTS = (
     (re.compile(r"(^|_)(key|k)(_|$)"), Role.K),
     (re.compile(r"(^|_)(value|v)(_|$)"), Role.V),
     (re.compile(r"(^|_)(qkv|queries_keys_values)(_|$)"), Role.QKV),
+    (re.compile(r"(^|_)kv(_|$)"), Role.KV),
 )
 _ATTENTION_SCOPE = re.compile(r"(^|\.)(attn|attention|self_attn|self_attention|mha|msa|wmsa)(\.|$)", re.I)
 _MLP_SCOPE = re.compile(
@@ -123,6 +126,16 @@ def _linear_role(name: str, module: nn.Module, scope_is_attention: bool) -> Role
     if _HF4_MLP_OUT.search(name) or _MLP_SCOPE.search(name) or leaf in ("fc1", "fc2", "pwconv1", "pwconv2"):
         return Role.FC1 if out_features > in_features else Role.FC2
     return Role.LINEAR
+
+
+def linear_role(model: nn.Module, name: str) -> Role:
+    """The role of the Linear at ``name`` (a PEFT wrapper counts as the layer it wraps), as :func:`infer_layers`
+    gives it without family overrides."""
+    parts = name.split(".")
+    ancestors = [model] + [model.get_submodule(".".join(parts[:i])) for i in range(1, len(parts))]
+    module = model.get_submodule(name)
+    module = getattr(module, "get_base_layer", lambda: module)()
+    return _linear_role(name, module, _in_attention(name, ancestors))
 
 
 def _conv_role(name: str, module: nn.Conv2d) -> Role:
