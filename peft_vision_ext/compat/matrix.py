@@ -83,7 +83,8 @@ class Entry:
 
 
 METHOD_NAMES = {"lora": "LoRA", "lora-slices": "LoRA (fused slices)", "loha": "LoHa", "lokr": "LoKr",
-                "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT", "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
+                "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT", "boft": "BOFT", "vera": "VeRA",
+                "fourierft": "FourierFT"}
 _CONFIG_CLASSES = {"lora": "LoraConfig", "lora-slices": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig",
                    "adalora": "AdaLoraConfig", "ia3": "IA3Config", "oft": "OFTConfig", "boft": "BOFTConfig",
                    "vera": "VeraConfig", "fourierft": "FourierFTConfig"}
@@ -137,8 +138,8 @@ _RANK_DIVIDES_GROUPS = Condition(
 
 _LORA_GROUPED_MERGE = _refused("PEFT cannot merge LoRA into grouped convs (NotImplementedError)",
                                "keep the adapter unmerged, or use LoHa/LoKr/IA3, which merge into grouped convs")
-_LORA_DILATED = _refused("PEFT's LoRA conv ignores dilation: its output has the wrong size and the first forward crashes",
-                         "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do)")
+_LORA_DILATED = _refused("PEFT's LoRA conv ignores dilation: its output has the wrong size and the first forward "
+                         "crashes", "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do)")
 _SLICES = ("this plugin's LoRA on the q/v (or chosen) slices of a fused qkv / kv Linear or an nn.MultiheadAttention, "
            "each slice with its own rank-r factors; saved as PEFT's standard LoRA of the whole layer, so plain PEFT "
            "loads it")
