@@ -60,6 +60,35 @@ def pretrain(path: Path, epochs: int) -> dict:
     return {"pretrain_accuracy_digits_0_4": accuracy(model, x[cut:], y[cut:]), **timing}
 
 
+def transfer_split(train_fraction: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Digits 5-9: (train images, labels, test images, labels); a fixed split, the first ``train_fraction`` trained."""
+    x, y = digits(low=False)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    cut = int(0.8 * len(x))
+    train_index = order[:int(cut * train_fraction)]
+    return x[train_index], y[train_index], x[order[cut:]], y[order[cut:]]
+
+
+def transferred_backbone(checkpoint: str, seed: int) -> torch.nn.Module:
+    """The backbone pretrained on digits 0-4 with a new 5-class head for digits 5-9 (initialised from ``seed``)."""
+    torch.manual_seed(seed)
+    model = backbone(5)
+    state = {k: v for k, v in torch.load(checkpoint).items() if not k.startswith("head.")}
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def add_transfer_arguments(parser: argparse.ArgumentParser, quick: str) -> None:
+    """The options every script on this task shares (``--quick``: smoke-run settings, described by ``quick``)."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the 5-9 training split used")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: 1 seed, 1 epoch on a quarter of the data, "
+                        f"2 pretraining epochs{quick}")
+    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+
+
 def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: float) -> dict:
     import warnings
 
@@ -70,17 +99,8 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
 
     warnings.filterwarnings("ignore")
     method, bits, lr = VARIANTS[name]
-    x, y = digits(low=False)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))  # fixed split
-    cut = int(0.8 * len(x))
-    train_index = order[:int(cut * train_fraction)]
-    xt, yt = x[order[cut:]], y[order[cut:]]
-    x, y = x[train_index], y[train_index]
-    torch.manual_seed(seed)
-    model = backbone(5)
-    state = torch.load(checkpoint)
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}  # a new head for digits 5-9
-    model.load_state_dict(state, strict=False)
+    x, y, xt, yt = transfer_split(train_fraction)
+    model = transferred_backbone(checkpoint, seed)
     if bits:
         pve.quantize(model, bits=bits)
     if method is None:
@@ -104,13 +124,7 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--pretrain-epochs", type=int, default=10)
-    parser.add_argument("--train-fraction", type=float, default=1.0, help="share of the 5-9 training split used")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch on a quarter of the data, "
-                        "2 pretraining epochs")
-    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    add_transfer_arguments(parser, "")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.pretrain_epochs, args.train_fraction = 1, 1, 2, 0.25

@@ -19,6 +19,7 @@ import sys
 import time
 
 import torch
+from accuracy_vit import add_transfer_arguments
 
 VARIANTS = {  # name -> (slices or "whole", rank)
     "whole qkv, r=8": ("whole", 8),
@@ -41,20 +42,12 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
 
     import peft
     from _common import accuracy, train, trainable
-    from accuracy_vit import backbone, digits
+    from accuracy_vit import transfer_split, transferred_backbone
 
     warnings.filterwarnings("ignore")
     slices, rank = VARIANTS[name]
-    x, y = digits(low=False)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))  # accuracy_vit.py's fixed split
-    cut = int(0.8 * len(x))
-    train_index = order[:int(cut * train_fraction)]
-    xt, yt = x[order[cut:]], y[order[cut:]]
-    x, y = x[train_index], y[train_index]
-    torch.manual_seed(seed)
-    model = backbone(5)
-    state = {k: v for k, v in torch.load(checkpoint).items() if not k.startswith("head.")}
-    model.load_state_dict(state, strict=False)
+    x, y, xt, yt = transfer_split(train_fraction)
+    model = transferred_backbone(checkpoint, seed)
     model = peft.get_peft_model(model, config(model, slices, rank))
     params, total = trainable(model)
     timing = train(model, x, y, epochs=epochs, lr=LR, batch=64, seed=seed)
@@ -90,15 +83,9 @@ def step_times(repeats: int, batch: int) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--pretrain-epochs", type=int, default=10)
-    parser.add_argument("--train-fraction", type=float, default=1.0)
+    add_transfer_arguments(parser, ", 2 timed steps at batch 2")
     parser.add_argument("--repeats", type=int, default=7, help="timed ViT-S steps per variant")
     parser.add_argument("--batch", type=int, default=8, help="ViT-S batch for the step times")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch on a quarter of the data, "
-                        "2 pretraining epochs, 2 timed steps at batch 2")
-    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.pretrain_epochs, args.train_fraction = 1, 1, 2, 0.25
