@@ -364,3 +364,59 @@ def test_resume_loads_into_the_existing_sliced_adapter(tmp_path: Path) -> None:
     torch.testing.assert_close(_out(peft_model, x), out, atol=0, rtol=0)
     layer = peft_model.base_model.model.blocks[0].attn.qkv
     assert isinstance(layer.lora_B["default"], BlockFactor) and layer.lora_B["default"].block0.requires_grad
+
+
+class _SeparateProjections(nn.Module):
+    """A fused projection split into separate q / k / v Linears (concatenated like the fused one)."""
+
+    def __init__(self, fused: nn.Linear, parts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.parts = parts
+        width = fused.out_features // len(parts)
+        for index, part in enumerate(parts):
+            linear = nn.Linear(fused.in_features, width, bias=fused.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(fused.weight[index * width:(index + 1) * width])
+                if fused.bias is not None:
+                    linear.bias.copy_(fused.bias[index * width:(index + 1) * width])
+            setattr(self, part, linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([getattr(self, part)(x) for part in self.parts], dim=-1)
+
+
+@pytest.mark.parametrize("family", ["timm-vit", "timm-pvt-v2"])
+def test_equal_to_plain_peft_lora_on_separate_projections(family: str) -> None:
+    """The reference the LoRA paper means: separate q and v Linears, each with PEFT's own rank-r LoRA, given the
+    slices' factors."""
+    model, x = _build(family)
+    reference = copy.deepcopy(model)
+    peft_model = _sliced(model)
+    plans = fused_plans(peft_model.peft_config["default"])
+    # layers adapted whole (PVT's separate q) get the same LoRA in both
+    whole = [name for name, module in peft_model.base_model.model.named_modules()
+             if "default" in getattr(module, "lora_A", {}) and name not in plans]
+    targets = list(whole)
+    for name, plan in plans.items():
+        parent, _, child = name.rpartition(".")
+        setattr(reference.get_submodule(parent), child, _SeparateProjections(reference.get_submodule(name), plan.parts))
+        targets += [f"{name}.{part}" for part in plan.slices]
+    separate = get_peft_model(reference, LoraConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                    modules_to_save=list(peft_model.peft_config["default"].
+                                                                         modules_to_save))).eval()
+    layers = dict(separate.base_model.model.named_modules())
+    with torch.no_grad():
+        for name in whole:
+            for factor in ("lora_A", "lora_B"):
+                getattr(layers[name], factor)["default"].weight.copy_(
+                    getattr(peft_model.base_model.model.get_submodule(name), factor)["default"].weight)
+        for name, plan in plans.items():
+            fused = peft_model.base_model.model.get_submodule(name)
+            a, b = fused.lora_A["default"].weight, fused.lora_B["default"].weight
+            for index, part in enumerate(plan.slices):
+                rows = slice(plan.layout.start(part), plan.layout.start(part) + plan.width)
+                cols = slice(index * plan.rank, (index + 1) * plan.rank)
+                layers[f"{name}.{part}"].lora_A["default"].weight.copy_(a[cols])
+                layers[f"{name}.{part}"].lora_B["default"].weight.copy_(b[rows, cols])
+    assert separate.get_nb_trainable_parameters() == peft_model.get_nb_trainable_parameters()
+    torch.testing.assert_close(_out(separate, x), _out(peft_model, x), atol=ATOL, rtol=ATOL)
