@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "accuracy-mobilenet": ("accuracy_mobilenet.py", [], ["--quick"]),
     "accuracy-vit": ("accuracy_vit.py", [], ["--quick"]),
-    "fused-qkv": ("fused_qkv.py", [], ["--quick"]),
+    "fused-qkv": ("fused_qkv.py", ["--seeds", "5"], ["--quick"]),
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
     "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "1"]),
     "overhead": ("overhead.py", [], ["--quick"]),
