@@ -332,20 +332,15 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     """
     config = copy.deepcopy(config)
     method = method_name(config)
-    from ..fused.slices import fused_plans, prepare, request_preset_slices
+    from ..fused.slices import fused_plans, prepare
     from ..hub.describe import PRESET_ATTRIBUTE
-    from ..presets import PRESETS, SUPPORTED_METHODS, detect_family, dropped, resolve_default
+    from ..presets import SUPPORTED_METHODS, detect_family, dropped, fill_config, resolve_default
 
     preset = config.__dict__.get(PRESET_ATTRIBUTE)  # set by preset_config()
     if getattr(config, "target_modules", None) is None and method in SUPPORTED_METHODS:
         resolution = resolve_default(model, method)
         preset = resolution.preset
-        config.target_modules = resolution.target_modules
-        request_preset_slices(config, PRESETS[preset].roles)
-        if getattr(config, "modules_to_save", None) is None:
-            config.modules_to_save = resolution.modules_to_save
-        if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
-            config.feedforward_modules = resolution.feedforward_modules
+        fill_config(config, resolution, method)
     report = inspect_targets(model, config)
     prepare(model, config)  # on the copy: plans the fused layers LoRA adapts by slices
     plans = fused_plans(config)

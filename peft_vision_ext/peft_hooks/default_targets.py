@@ -34,9 +34,8 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
     already knows (text models in its tables) and models with nothing adaptable are left to PEFT.
     """
     from ..errors import NotAVisionModelError
-    from ..fused.slices import request_preset_slices
     from ..hub.describe import record_preset
-    from ..presets import PRESETS, SUPPORTED_METHODS, resolve_default
+    from ..presets import SUPPORTED_METHODS, fill_config, resolve_default
 
     config = tuner.peft_config[adapter_name]
     method = _method_name(config)
@@ -48,13 +47,8 @@ def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
         resolution = resolve_default(model, method)
     except NotAVisionModelError:
         return  # nothing we recognise: PEFT raises its own "Please specify target_modules"
-    config.target_modules = set(resolution.target_modules)
+    fill_config(config, resolution, method)
     record_preset(config, resolution.preset)
-    request_preset_slices(config, PRESETS[resolution.preset].roles)
-    if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
-        config.feedforward_modules = set(resolution.feedforward_modules)
-    if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
-        config.modules_to_save = list(resolution.modules_to_save)
     logger.info(
         "peft-vision-ext: target_modules=None -> preset %r of %s (%d modules); task head %s trained in full",
         resolution.preset, resolution.family, len(resolution.target_modules), resolution.modules_to_save or "none",

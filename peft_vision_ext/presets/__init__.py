@@ -21,7 +21,7 @@ from .roles import LayerInfo, Role
 __all__ = [
     "PRESETS", "Preset", "Role", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
     "families", "register_family", "list_presets", "resolve_targets", "resolve_default", "preset_config",
-    "SUPPORTED_METHODS",
+    "fill_config", "SUPPORTED_METHODS",
 ]
 
 
@@ -152,6 +152,19 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None) ->
         modules_to_save=list(detection.heads),
         feedforward_modules=feedforward,
     )
+
+
+def fill_config(config: Any, resolution: Resolution, method: str) -> None:
+    """Give ``config`` what ``resolution`` resolved: its targets, and where the user left them ``None`` the task head
+    (``modules_to_save``) and IA3's feedforward modules; LoRA: the preset's slices of fused q/k/v layers."""
+    from ..fused.slices import request_preset_slices  # local: fused reads roles from this package
+
+    config.target_modules = set(resolution.target_modules)
+    if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
+        config.feedforward_modules = set(resolution.feedforward_modules)
+    if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
+        config.modules_to_save = list(resolution.modules_to_save)
+    request_preset_slices(config, PRESETS[resolution.preset].roles)
 
 
 def _config_class(method: str) -> type:
