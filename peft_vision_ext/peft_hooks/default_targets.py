@@ -73,6 +73,7 @@ def _install_default_targets() -> None:
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
         from ..compat.enforce import enforce_injection
         from ..fused import slices
+        from .adalora_allocator import quiet_adalora_rank_pattern
 
         fill_vision_defaults(self, model, adapter_name)
         translate_legacy_targets(self, model, adapter_name)
@@ -82,7 +83,8 @@ def _install_default_targets() -> None:
         # LoRA on q/v slices of fused qkv layers (hook fused-qkv-slices): the stacked ranks go into the config
         # before PEFT builds the layers, the block factors replace PEFT's after.
         slices.prepare(model, config)
-        result = original(self, model, adapter_name, *args, **kwargs)
+        with quiet_adalora_rank_pattern(config):
+            result = original(self, model, adapter_name, *args, **kwargs)
         slices.apply(model, adapter_name, config)
         return result
 
