@@ -420,3 +420,44 @@ def test_equal_to_plain_peft_lora_on_separate_projections(family: str) -> None:
                 layers[f"{name}.{part}"].lora_B["default"].weight.copy_(b[rows, cols])
     assert separate.get_nb_trainable_parameters() == peft_model.get_nb_trainable_parameters()
     torch.testing.assert_close(_out(separate, x), _out(peft_model, x), atol=ATOL, rtol=ATOL)
+
+
+class _TimmClassifier(nn.Module):
+    """A timm ViT behind the pixel_values/labels interface Trainer feeds."""
+
+    def __init__(self, vit: nn.Module) -> None:
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.vit(pixel_values)
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return {"loss": loss, "logits": logits}
+
+
+def test_trainer_checkpoints_and_resumes_the_sliced_layout(tmp_path: Path) -> None:
+    from transformers import Trainer, TrainingArguments
+
+    def build() -> peft.PeftModel:
+        vit, _ = _build("timm-vit")
+        config = pve.preset_config(vit, "lora", r=4, lora_alpha=8)
+        config.target_modules = {f"vit.{name}" for name in config.target_modules}
+        config.modules_to_save = ["vit.head"]
+        return get_peft_model(_TimmClassifier(vit), config)
+
+    generator = torch.Generator().manual_seed(0)
+    data = [{"pixel_values": torch.randn(3, 32, 32, generator=generator), "labels": torch.tensor(i % 3)}
+            for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, save_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
+    trained = build()
+    assert fused_plans(trained.peft_config["default"])
+    Trainer(model=trained, args=args, train_dataset=data).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / SIDECAR).is_file() and (tmp_path / "checkpoint-4" / SIDECAR).is_file()
+    resumed = build()
+    Trainer(model=resumed, args=args, train_dataset=data).train(resume_from_checkpoint=str(checkpoint))
+    x = torch.stack([item["pixel_values"] for item in data[:4]])
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.eval()(x)["logits"], trained.eval()(x)["logits"], atol=1e-5, rtol=1e-5)
+    assert isinstance(resumed.base_model.model.vit.blocks[0].attn.qkv.lora_B["default"], BlockFactor)
