@@ -1,5 +1,6 @@
 """AdaLoraCallback under transformers.Trainer: allocation per optimizer step, total_step, resume, warnings."""
 
+import logging
 import warnings
 
 import peft
@@ -10,6 +11,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from peft_vision_ext import AdaLoraCallback
+from peft_vision_ext.adalora import layer_ranks, rank_pattern_table
 
 
 class TinyCNN(nn.Module):
@@ -61,7 +63,7 @@ def _adapter_state(model):
     return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()}
 
 
-def test_allocates_once_per_optimizer_step_and_records_rank_pattern(tmp_path, monkeypatch):
+def test_allocates_once_per_optimizer_step_and_records_rank_pattern(tmp_path, monkeypatch, caplog):
     model = _model()
     calls = []
     original = model.base_model.update_and_allocate
@@ -74,11 +76,19 @@ def test_allocates_once_per_optimizer_step_and_records_rank_pattern(tmp_path, mo
 
     callbacks = [AdaLoraCallback(), _Logs()]
     trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_dataset(), callbacks=callbacks)
-    trainer.train()
+    with caplog.at_level(logging.INFO, logger="peft_vision_ext"):
+        trainer.train()
     assert calls == list(range(12)), "one call per optimizer step (gradient accumulation 2), steps 0..11"
     rank_pattern = model.peft_config["default"].rank_pattern
     assert rank_pattern and sum(sum(v) for v in rank_pattern.values()) <= 2 * 3
     assert any("adalora_budget" in entry for entry in logs_seen)
+    # the per-layer report: network order, each layer's nonzero singular values = what the final allocation kept
+    rows = layer_ranks(model)
+    assert [row.path for row in rows] == ["conv", "dw", "fc"]
+    assert all(row.size == 4 and row.allocated == row.current for row in rows), rows
+    assert sum(row.current for row in rows) == sum(sum(v) for v in rank_pattern.values())
+    table = rank_pattern_table(model)
+    assert table in caplog.text and f"total rank {sum(row.current for row in rows)} of 12 over 3 layers" in table
 
 
 def test_total_step_follows_the_trainer_with_a_warning(tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .layer import AdaLoraConv2d
+from .ranks import LayerRank, layer_ranks, rank_pattern_table
 from .regularization import orthogonal_regularization
 
-__all__ = ["AdaLoraConv2d", "AdaLoraCallback", "orthogonal_regularization"]
+__all__ = ["AdaLoraConv2d", "AdaLoraCallback", "LayerRank", "layer_ranks", "orthogonal_regularization",
+           "rank_pattern_table"]
 
 
 def __getattr__(name: str) -> Any:

@@ -4,8 +4,9 @@ AdaLoRA only adapts ranks when ``update_and_allocate(step)`` runs after every op
 gradients still exist. Trainer never calls it, so without this callback AdaLoRA trains as a fixed-rank LoRA.
 The callback calls it in ``on_optimizer_step`` (after ``optimizer.step()``, before ``zero_grad``; once per
 optimizer step, so gradient accumulation is handled), makes ``total_step`` agree with the Trainer's number
-of optimizer steps, logs the current budget, and saves/restores the rank allocator's state (importance
-averages) with every checkpoint so a resumed run allocates exactly like an uninterrupted one.
+of optimizer steps, logs the current budget (and every layer's rank at the end of training), and saves/restores
+the rank allocator's state (importance averages) with every checkpoint so a resumed run allocates exactly like an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
+from .ranks import rank_pattern_table
 
 logger = logging.getLogger("peft_vision_ext")
 
@@ -129,6 +131,12 @@ class AdaLoraCallback(TrainerCallback):
         # Trainer appends the entry to log_history before calling the callbacks: put it there too.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1]["adalora_budget"] = self.budget
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        tuner = find_adalora_tuner(model)
+        if tuner is not None and state.is_world_process_zero:
+            logger.info("AdaLoRA ranks at the end of training:\n%s",
+                        rank_pattern_table(tuner, tuner.trainable_adapter_name))
 
     def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)
