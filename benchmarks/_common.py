@@ -59,8 +59,12 @@ def peak_mib() -> float:
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch: int, seed: int,
-          adalora: Any = None) -> dict[str, float]:
-    """AdamW on the trainable parameters; BatchNorm statistics frozen; AdaLoRA allocation after each step."""
+          adalora: Any = None, regularize: bool = True) -> dict[str, float]:
+    """AdamW on the trainable parameters; BatchNorm statistics frozen; AdaLoRA: its orthogonal regulariser (the
+    config's weight; ``regularize=False``: none, as plain PEFT on these models) before and the rank allocation after
+    each step, as AdaLoraCallback does under Trainer."""
+    from peft_vision_ext.adalora.regularization import add_orthogonal_regularization_grad
+
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps = (len(x) + batch - 1) // batch
@@ -73,6 +77,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr
         for i in range(steps):
             index = order[i * batch:(i + 1) * batch]
             nn.functional.cross_entropy(model(x[index]), y[index]).backward()
+            if adalora is not None and regularize:
+                add_orthogonal_regularization_grad(adalora)
             optimizer.step()
             if adalora is not None:
                 adalora.update_and_allocate(step)

@@ -25,9 +25,9 @@ final metrics as one ``RESULT {...}`` JSON line. After saving it reloads the ada
 checks that the logits are the same.
 
 BatchNorm running statistics of the base stay frozen during training: they are base-model state that the adapter
-does not save. AdaLoRA's rank allocation runs through ``peft_vision_ext.AdaLoraCallback``; its orthogonal
-regularisation is added to the loss here, because ``PeftModel.forward`` (no task type) bypasses
-``AdaLoraModel.forward``, which would add it only to a ``loss`` the model returns itself.
+does not save. AdaLoRA runs through ``peft_vision_ext.AdaLoraCallback``: rank allocation, the schedule derived from
+the run, and the orthogonal regulariser (``PeftModel.forward`` without a task type bypasses ``AdaLoraModel.forward``,
+which would add it only to a ``loss`` the model returns itself).
 
 ``--dump-rank-state`` (or ``PVE_DUMP_RANK_STATE=1``) makes every process write its trained adapter parameters to
 ``OUTPUT/rank{RANK}.safetensors`` and, for AdaLoRA, its rank pattern and per-layer nonzero-E counts to
@@ -52,7 +52,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import mnist_split, mobilenet_v2_imagenet_state_dict, to_imagenet_tensor
 from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config
 
@@ -71,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--preset", default=None, help="a preset name (see peft_vision_ext.list_presets); "
                         "default: the model family's default preset for the method")
-    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: init_r; target_r = rank // 2)")
+    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: the final budget of a LoRA of this rank: target_r = r, init_r = 1.5 r)")
     parser.add_argument("--quantization", default="none", choices=("none", "4bit", "8bit"),
                         help="quantize the base with bitsandbytes (peft_vision_ext.quantize; ViT-style models only)")
     parser.add_argument("--train-size", type=int, default=4000)
@@ -232,10 +231,6 @@ class ClassificationTrainer(Trainer):
         outputs = model(inputs["pixel_values"])
         logits = outputs if isinstance(outputs, torch.Tensor) else outputs.logits
         loss = F.cross_entropy(logits, inputs["labels"])
-        if model.training:
-            regularization = orthogonal_regularization(model)
-            if regularization is not None:
-                loss = loss + regularization
         return (loss, {"logits": logits}) if return_outputs else loss
 
 

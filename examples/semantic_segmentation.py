@@ -40,7 +40,6 @@ import transformers
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation, Trainer, TrainingArguments
 
-from peft_vision_ext.adalora import orthogonal_regularization
 from peft_vision_ext.data import nuclei_split
 from peft_vision_ext.train import PixelDataset, freeze_norm_statistics, method_config
 
@@ -56,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--preset", default=None, help="a preset name (see peft_vision_ext.list_presets); "
                         "default: the family's default preset for the method")
-    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: init_r; target_r = rank // 2)")
+    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: the final budget of a LoRA of this rank: target_r = r, init_r = 1.5 r)")
     parser.add_argument("--base", default=None, help="a saved SegformerForSemanticSegmentation folder to start "
                         "from (skips --pretrain-steps)")
     parser.add_argument("--pretrain-steps", type=int, default=100,
@@ -141,11 +140,9 @@ def evaluate(model: nn.Module, dataset: PixelDataset, batch_size: int = 16) -> d
 
 # ------------------------------------------------------------------------------------------------ training
 class SegmentationTrainer(Trainer):
-    """SegFormer's own loss (``labels`` given: logits upsampled, cross-entropy) plus AdaLoRA's regularisation.
-
-    ``PeftModel.forward`` (no task type) calls the base model directly, so ``AdaLoraModel.forward``, which would
-    add the orthogonal regularisation to the returned loss, never runs: it is added here.
-    """
+    """SegFormer's own loss (``labels`` given: logits upsampled, cross-entropy); AdaLoRA's orthogonal regulariser,
+    which ``AdaLoraModel.forward`` never adds here (``PeftModel.forward`` without a task type calls the base model
+    directly), comes from ``AdaLoraCallback``."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -156,10 +153,6 @@ class SegmentationTrainer(Trainer):
             freeze_norm_statistics(model, frozen_only=True)  # Trainer calls model.train() before every step
         outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"])
         loss = outputs.loss
-        if model.training:
-            regularization = orthogonal_regularization(model)
-            if regularization is not None:
-                loss = loss + regularization
         return (loss, {"logits": outputs.logits}) if return_outputs else loss
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # noise first: it installs its log filters before peft_hooks imports PEFT, which imports bitsandbytes.
 from . import noise, peft_hooks  # noqa: F401
+from .adalora import use_adalora_init
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (
     AdapterLoadError,
@@ -51,7 +52,7 @@ __all__ = [
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
     "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
     "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
-    "use_fused_slices", "FusedSlicesError",
+    "use_fused_slices", "FusedSlicesError", "use_adalora_init",
 ]
 
 

@@ -75,15 +75,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def method_config(model: nn.Module, method: str, preset: str | None = None, rank: int = 8,
                   total_steps: int | None = None) -> object:
-    """The config this package's jobs use for ``method`` at ``rank`` (alpha = 2 x rank; AdaLoRA prunes from
-    ``init_r=rank`` to an average of ``rank // 2`` over ``total_steps``, warm-up 10 %, final phase 20 %)."""
+    """The config this package's jobs use for ``method`` at ``rank`` (alpha = 2 x rank). AdaLoRA: the final budget
+    of a rank-``rank`` LoRA (``target_r = rank``, ``init_r = 1.5 rank``), the vision defaults of
+    :mod:`peft_vision_ext.adalora.defaults`, and the schedule derived from ``total_steps``
+    (:func:`peft_vision_ext.adalora.derive_schedule`, the one AdaLoraCallback uses)."""
+    from .adalora.schedule import derive_schedule
     from .presets import preset_config
 
     if method == "adalora":
         if not total_steps:
             raise ValueError("AdaLoRA needs total_steps (its rank schedule spans the whole run).")
-        kwargs: dict[str, object] = dict(init_r=rank, target_r=max(1, rank // 2), lora_alpha=2 * rank,
-                                         total_step=total_steps, tinit=total_steps // 10, tfinal=total_steps // 5)
+        kwargs: dict[str, object] = dict(r=rank, **derive_schedule(total_steps))
     elif method == "lora":
         kwargs = dict(r=rank, lora_alpha=2 * rank)
     elif method in ("loha", "lokr"):
@@ -97,6 +99,7 @@ def run(settings: TrainSettings) -> dict[str, object]:
     import peft
     from tqdm.auto import tqdm
 
+    from .adalora.regularization import add_orthogonal_regularization_grad
     from .hub import describe, load_adapter
 
     torch.manual_seed(settings.seed)
@@ -129,6 +132,8 @@ def run(settings: TrainSettings) -> dict[str, object]:
             index = order[i * settings.batch_size : (i + 1) * settings.batch_size]
             loss = nn.functional.cross_entropy(peft_model(x_train_t[index]), y_train_t[index])
             loss.backward()
+            if settings.method == "adalora":  # AdaLoRA's orthogonal regulariser, as AdaLoraCallback adds it
+                add_orthogonal_regularization_grad(peft_model)
             optimizer.step()
             if settings.method == "adalora":
                 peft_model.base_model.update_and_allocate(step)

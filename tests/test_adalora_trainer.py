@@ -197,16 +197,99 @@ def test_callback_detects_processes_that_diverged():
 def test_orthogonal_regularization_equals_peft_and_is_none_for_other_methods():
     import transformers
 
-    from peft_vision_ext.adalora import orthogonal_regularization
+    from peft_vision_ext.adalora import orthogonal_regularization, use_adalora_init
 
     config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=64, num_labels=3)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    # PEFT's random factors: the term is far from 0 (orthonormal factors, the vision default, start at ~0)
     model = peft.get_peft_model(transformers.ViTForImageClassification(config),
-                                peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10))
+                                use_adalora_init(peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10), "peft"))
     plain = model.get_base_model()(pixel_values=x, labels=y).loss
     with_term = model.base_model(pixel_values=x, labels=y).loss  # AdaLoraModel.forward adds it to a model loss
     assert torch.allclose(with_term - plain, orthogonal_regularization(model))
     assert orthogonal_regularization(model.base_model) is not None
     lora = peft.get_peft_model(transformers.ViTForImageClassification(config), peft.LoraConfig(r=2))
     assert orthogonal_regularization(lora) is None  # (transformers' base_model property points to itself)
+
+
+def _model_with_peft_defaults(total_step=100, **overrides):
+    """tinit/tfinal/deltaT left at PEFT's defaults (0, 0, 1) unless overridden."""
+    torch.manual_seed(0)
+    config = peft.AdaLoraConfig(init_r=4, target_r=2, total_step=total_step, lora_alpha=4,
+                                target_modules=["conv", "dw", "fc"], modules_to_save=["classifier"], **overrides)
+    return peft.get_peft_model(TinyCNN(), config)
+
+
+def test_schedule_is_derived_from_the_optimizer_steps_with_gradient_accumulation(tmp_path, caplog):
+    from peft_vision_ext.adalora import derive_schedule
+
+    model = _model_with_peft_defaults()
+    callback = AdaLoraCallback()
+    calls = []
+    original = model.base_model.update_and_allocate
+    model.base_model.update_and_allocate = lambda step: (calls.append(step), original(step))
+    # 64 examples, batch 4, accumulation 2, 2 epochs: 16 optimizer steps
+    args = _args(tmp_path, max_steps=-1, num_train_epochs=2, save_steps=1000)
+    with caplog.at_level(logging.INFO, logger="peft_vision_ext"), pytest.warns(UserWarning, match="total_step=100"):
+        Trainer(model=model, args=args, train_dataset=_dataset(64), callbacks=[callback]).train()
+    assert len(calls) == 16
+    assert callback.schedule == derive_schedule(16) == {"total_step": 16, "tinit": 1, "tfinal": 4, "deltaT": 1}
+    config = model.peft_config["default"]
+    assert (config.total_step, config.tinit, config.tfinal, config.deltaT) == (16, 1, 4, 1)
+    assert "AdaLoRA schedule: total_step=16, tinit=1, tfinal=4, deltaT=1" in caplog.text
+
+
+def test_schedule_keeps_what_the_user_set_and_peft_mode_keeps_everything(tmp_path):
+    model = _model_with_peft_defaults(total_step=40, tinit=5)
+    callback = AdaLoraCallback()
+    Trainer(model=model, args=_args(tmp_path / "a", max_steps=40, save_steps=1000), train_dataset=_dataset(),
+            callbacks=[callback]).train()
+    assert callback.schedule == {"total_step": 40, "tinit": 5, "tfinal": 12, "deltaT": 1}  # deltaT: 1 % of 40 -> 1
+    model = _model_with_peft_defaults(total_step=40)
+    callback = AdaLoraCallback(schedule="peft")
+    Trainer(model=model, args=_args(tmp_path / "b", max_steps=40, save_steps=1000), train_dataset=_dataset(),
+            callbacks=[callback]).train()
+    assert callback.schedule == {"total_step": 40, "tinit": 0, "tfinal": 0, "deltaT": 1}
+    with pytest.raises(ValueError, match="'derive' or 'peft'"):
+        AdaLoraCallback(schedule="paper")
+
+
+def test_resume_restores_the_schedule_of_the_interrupted_run(tmp_path):
+    first = AdaLoraCallback()
+    Trainer(model=_model_with_peft_defaults(total_step=20), args=_args(tmp_path, max_steps=20, save_steps=6),
+            train_dataset=_dataset(), callbacks=[first, _StopAt(6)]).train()
+    state = torch.load(tmp_path / "checkpoint-6" / "adalora_rank_allocator.pt", weights_only=False)
+    assert state["schedule"] == first.schedule == {"total_step": 20, "tinit": 2, "tfinal": 6, "deltaT": 1}
+    resumed_model = _model_with_peft_defaults(total_step=20)
+    resumed = AdaLoraCallback(schedule="peft")  # would keep tinit=tfinal=0 on a fresh run
+    Trainer(model=resumed_model, args=_args(tmp_path, max_steps=20, save_steps=6), train_dataset=_dataset(),
+            callbacks=[resumed]).train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
+    assert resumed.schedule == first.schedule
+    assert resumed_model.peft_config["default"].tinit == 2
+
+
+def test_trainer_adds_the_orthogonal_regulariser_gradient_once_per_optimizer_step(tmp_path):
+    from peft_vision_ext.adalora import orthogonal_regularization
+
+    class _Grads(TrainerCallback):  # runs after AdaLoraCallback's on_pre_optimizer_step
+        def __init__(self):
+            self.first = None
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if self.first is None:
+                self.first = {n: p.grad.clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    grads = {}
+    for regularize in (False, True):
+        model = _model()
+        term = orthogonal_regularization(model)
+        expected = dict(zip([n for n, p in model.named_parameters() if "lora_A" in n],
+                            torch.autograd.grad(term, [p for n, p in model.named_parameters() if "lora_A" in n])))
+        recorder = _Grads()
+        Trainer(model=model, args=_args(tmp_path / str(regularize), save_steps=1000), train_dataset=_dataset(),
+                callbacks=[AdaLoraCallback(orthogonal_regularization=regularize), recorder, _StopAt(1)]).train()
+        grads[regularize] = recorder.first
+    assert term.item() > 0.1
+    for name, grad in expected.items():  # with accumulation over 2 micro-batches, still added exactly once
+        torch.testing.assert_close(grads[True][name] - grads[False][name], grad, atol=1e-6, rtol=1e-5)

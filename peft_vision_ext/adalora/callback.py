@@ -4,9 +4,10 @@ AdaLoRA only adapts ranks when ``update_and_allocate(step)`` runs after every op
 gradients still exist. Trainer never calls it, so without this callback AdaLoRA trains as a fixed-rank LoRA.
 The callback calls it in ``on_optimizer_step`` (after ``optimizer.step()``, before ``zero_grad``; once per
 optimizer step, so gradient accumulation is handled), makes ``total_step`` agree with the Trainer's number
-of optimizer steps, logs the current budget (and every layer's rank at the end of training), and saves/restores
-the rank allocator's state (importance averages) with every checkpoint so a resumed run allocates exactly like an
-uninterrupted one.
+of optimizer steps and derives the rest of the schedule from it (:mod:`.schedule`), adds AdaLoRA's orthogonal
+regulariser (which a vision PeftModel never reaches, see :mod:`.regularization`), logs the current budget (and
+every layer's rank at the end of training), and saves/restores the rank allocator's state (importance averages and
+schedule) with every checkpoint so a resumed run allocates exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from transformers import TrainerCallback
 
 from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .ranks import rank_pattern_table
+from .regularization import add_orthogonal_regularization_grad
+from .schedule import ScheduleMode, apply_schedule, schedule_of
 
 logger = logging.getLogger("peft_vision_ext")
 
@@ -74,12 +77,26 @@ def check_ranks_in_sync(tuner: Any, args: Any) -> None:
 class AdaLoraCallback(TrainerCallback):
     """Runs AdaLoRA's rank allocation under ``transformers.Trainer``: ``Trainer(..., callbacks=[AdaLoraCallback()])``.
 
+    ``schedule``: ``"derive"`` (default) derives ``tinit``/``tfinal``/``deltaT`` left at PEFT's defaults from the
+    Trainer's optimizer steps (:func:`peft_vision_ext.adalora.derive_schedule`); ``"peft"`` keeps the configured
+    values. ``total_step`` always follows the Trainer. The schedule used is logged and kept in :attr:`schedule`.
+
+    ``orthogonal_regularization``: add the gradient of AdaLoRA's orthogonal regulariser (weight: the config's
+    ``orth_reg_weight``) before every optimizer step, as PEFT's ``AdaLoraModel.forward`` would for a model that
+    returns its loss. It is added after Trainer's gradient clipping and is not part of the logged loss.
+
     ``resume_from_checkpoint``: checkpoint folder whose allocator state to restore; by default the Trainer's
     ``output_dir/checkpoint-<global_step>`` when training resumes at a step > 0.
     """
 
-    def __init__(self, resume_from_checkpoint: str | None = None) -> None:
+    def __init__(self, resume_from_checkpoint: str | None = None, schedule: ScheduleMode = "derive",
+                 orthogonal_regularization: bool = True) -> None:
+        if schedule not in ("derive", "peft"):
+            raise ValueError(f"AdaLoraCallback(schedule={schedule!r}): use 'derive' or 'peft'")
         self.resume_from_checkpoint = resume_from_checkpoint
+        self.schedule_mode = schedule
+        self.orthogonal_regularization = orthogonal_regularization
+        self.schedule: dict[str, Any] | None = None
         self.budget: int | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
@@ -89,17 +106,14 @@ class AdaLoraCallback(TrainerCallback):
             return
         config = tuner.peft_config[tuner.trainable_adapter_name]
         steps = state.max_steps
-        if steps and steps > 0 and config.total_step != steps:
-            if config.tinit >= steps - config.tfinal:
-                raise ValueError(
-                    f"AdaLoRA: the Trainer runs {steps} optimizer steps, too few for tinit={config.tinit} + "
-                    f"tfinal={config.tfinal}. Lower tinit/tfinal or train for more steps."
+        if steps and steps > 0:
+            if config.total_step is not None and config.total_step != steps:
+                warnings.warn(
+                    f"AdaLoRA total_step={config.total_step} but the Trainer runs {steps} optimizer steps; using "
+                    f"{steps} so that rank allocation ends with training.",
+                    stacklevel=2,
                 )
-            warnings.warn(
-                f"AdaLoRA total_step={config.total_step} but the Trainer runs {steps} optimizer steps; using {steps} "
-                "so that rank allocation ends with training.",
-                stacklevel=2,
-            )
+            self.schedule = apply_schedule(config, steps, self.schedule_mode)
             set_adalora_total_step(tuner, steps)
         checkpoint = self.resume_from_checkpoint
         if checkpoint is None and state.global_step > 0:
@@ -112,7 +126,16 @@ class AdaLoraCallback(TrainerCallback):
                     "cannot continue exactly. Pass resume_from_checkpoint=... to the callback."
                 )
             load_rank_allocator_state(tuner, torch.load(path, map_location="cpu", weights_only=False))
+            self.schedule = schedule_of(config)  # the interrupted run's schedule, restored with the allocator
             logger.info("AdaLoRA rank allocator restored from %s", path)
+        if self.schedule is not None and state.is_world_process_zero:
+            logger.info("AdaLoRA schedule: %s", ", ".join(f"{k}={v}" for k, v in self.schedule.items()))
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.orthogonal_regularization:
+            tuner = find_adalora_tuner(model)
+            if tuner is not None:
+                add_orthogonal_regularization_grad(tuner)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)

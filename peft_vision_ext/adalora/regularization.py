@@ -2,8 +2,10 @@
 
 PEFT adds ``orth_reg_weight * mean ||P P^T - I||_F`` (P: every lora_A, and lora_B transposed) inside
 ``AdaLoraModel.forward``, and only to an ``outputs.loss`` the model returns. A vision PeftModel without a task type
-forwards straight to the base model, and timm/torchvision models return logits: the term is never added. Add
-:func:`orthogonal_regularization` to your loss (the examples do it in ``Trainer.compute_loss``).
+forwards straight to the base model, and timm/torchvision models return logits: the term is never added.
+``AdaLoraCallback`` adds its gradient under Trainer; in a custom loop, one line before ``optimizer.step()``::
+
+    add_orthogonal_regularization_grad(model)   # or: loss = loss + orthogonal_regularization(model)
 """
 
 from __future__ import annotations
@@ -18,6 +20,20 @@ def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
 
     ``model``: a PeftModel (possibly wrapped by DDP / accelerate) or its AdaLoraModel.
     """
+    tuner = _adalora_tuner(model)
+    if tuner is None:
+        return None
+    terms = []
+    for name, parameter in _factor_parameters(tuner):
+        covariance = parameter @ parameter.T if "lora_A" in name else parameter.T @ parameter
+        identity = torch.eye(*covariance.shape, dtype=covariance.dtype, device=covariance.device)
+        terms.append(torch.linalg.matrix_norm(covariance - identity))
+    if not terms:
+        return None
+    return tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight * torch.stack(terms).mean()
+
+
+def _adalora_tuner(model: nn.Module) -> nn.Module | None:
     from peft.tuners.adalora import AdaLoraModel
 
     tuner = model
@@ -25,15 +41,41 @@ def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
         tuner = tuner.module
     if not isinstance(tuner, AdaLoraModel):  # a PeftModel: its tuner (never walk further: transformers models'
         tuner = getattr(tuner, "base_model", None)  # base_model can be the model itself)
-    if not isinstance(tuner, AdaLoraModel):
-        return None
+    return tuner if isinstance(tuner, AdaLoraModel) else None
+
+
+def _factor_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The trainable adapter's non-empty lora_A / lora_B parameters (the matrices the regulariser keeps orthogonal)."""
+    tuner = _adalora_tuner(model)
+    if tuner is None:
+        return []
     adapter = tuner.trainable_adapter_name
-    terms = []
-    for name, parameter in tuner.model.named_parameters():
-        if ("lora_A" in name or "lora_B" in name) and adapter in name.split(".") and parameter.numel():
-            covariance = parameter @ parameter.T if "lora_A" in name else parameter.T @ parameter
-            identity = torch.eye(*covariance.shape, dtype=covariance.dtype, device=covariance.device)
-            terms.append(torch.linalg.matrix_norm(covariance - identity))
-    if not terms:
+    return [(name, p) for name, p in tuner.model.named_parameters()
+            if ("lora_A" in name or "lora_B" in name) and adapter in name.split(".") and p.numel()]
+
+
+def add_orthogonal_regularization_grad(model: nn.Module) -> torch.Tensor | None:
+    """Add the gradient of :func:`orthogonal_regularization` to the adapter's ``.grad`` (as if the term had been part of
+    the loss just back-propagated); returns the term, or ``None`` without an AdaLoRA adapter or with weight 0.
+
+    For loops that cannot change the loss (``AdaLoraCallback`` runs it before each optimizer step). The gradient is
+    computed with ``torch.autograd.grad`` and added by hand, so DDP's gradient hooks do not fire a second time (every
+    process computes the same term from the same weights).
+    """
+    tuner = _adalora_tuner(model)
+    if tuner is None or tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight <= 0:
         return None
-    return tuner.peft_config[adapter].orth_reg_weight * torch.stack(terms).mean()
+    term = orthogonal_regularization(tuner)
+    if term is None or not term.requires_grad:
+        return None
+    parameters = [p for _, p in _factor_parameters(tuner)]
+    grads = torch.autograd.grad(term, parameters, allow_unused=True)
+    with torch.no_grad():
+        for parameter, grad in zip(parameters, grads):
+            if grad is None:
+                continue
+            if parameter.grad is None:
+                parameter.grad = grad.to(parameter.dtype)
+            else:
+                parameter.grad.add_(grad.to(parameter.grad.dtype))
+    return term.detach()

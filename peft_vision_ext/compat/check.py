@@ -77,6 +77,17 @@ class CompatReport:
     notes: list[str] = field(default_factory=list)
     #: (kind, reason, instead) -> paths the preset selects but left out for this method (check() with a preset only)
     dropped: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
+    #: AdaLoRA only: (init_r, target_r); ranks move between layers, the total ends at target_r per layer
+    adalora_ranks: tuple[int, int] | None = None
+
+    @property
+    def adalora_final_params(self) -> int | None:
+        """AdaLoRA's adapter parameters once pruned to ``target_r`` per layer on average (an even split; the
+        allocation moves ranks between layers, so the real count differs by the layers' sizes)."""
+        if self.adalora_ranks is None:
+            return None
+        init_r, target_r = self.adalora_ranks
+        return round(self.adapter_params * target_r / max(1, init_r))
 
     def refused(self, operation: Operation = Operation.TRAIN) -> list[ModuleCheck]:
         return [m for m in self.modules if getattr(m, "merge" if operation is Operation.MERGE else "train").status
@@ -140,6 +151,11 @@ class CompatReport:
             paths = [m.path for m in sliced if m.slices == chosen]
             lines.append(f"fused slices: {name_list(paths)} ({len(paths)}) get LoRA on their {', '.join(chosen)} "
                          "slices, rank r each (in adapter_config.json: the stacked rank on the whole layer)")
+        if self.adalora_ranks is not None:
+            init_r, target_r = self.adalora_ranks
+            lines.append(f"AdaLoRA budget: rank {init_r} per layer at the start ({self.adapter_params:,} adapter "
+                         f"parameters) -> {target_r} per layer on average at the end (~{self.adalora_final_params:,} "
+                         f"at an even split; ranks move between layers): the final budget of a LoRA with r={target_r}")
         if self.routed:
             lines.append(f"routed: {name_list(self.routed)} ({len(self.routed)}): their parent computes F.linear with "
                          "their weight itself; the plugin routes that call through the adapter")
@@ -362,6 +378,8 @@ def check(model: nn.Module, config: Any) -> CompatReport:
             counts[key] = _count_adapter(config, module, item.kind, item.path)
         checked.append(dataclasses.replace(item, adapter_params=counts.get(key)))
     report.modules = checked
+    if method == "adalora":
+        report.adalora_ranks = (config.init_r, config.target_r)
     saved = list(getattr(config, "modules_to_save", None) or [])
     report.modules_to_save = saved
     report.modules_to_save_params = sum(

@@ -87,10 +87,14 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
                 alternatives.append("AdaLoRA (this plugin's conv layer) to let the rank budget move between layers")
     else:
         if memory == "high":
-            method, kwargs, rate = "adalora", {"init_r": 12, "target_r": 8, "total_step": total_steps}, 1e-3
-            reasons.append("ViT with memory to spare: AdaLoRA moves the rank budget to the layers that need it; it "
-                           "keeps SVD triplets and importance statistics, so it needs more memory than LoRA; pass "
-                           "peft_vision_ext.AdaLoraCallback() to Trainer")
+            from ..adalora.defaults import vision_adalora_kwargs
+
+            method, rate = "adalora", 3e-3
+            kwargs = vision_adalora_kwargs({"r": 8, "total_step": total_steps})
+            reasons.append("ViT with memory to spare: AdaLoRA moves the rank budget to the layers that need it, "
+                           "ending at the budget of a LoRA with r=8 (init_r 12 -> target_r 8); it keeps SVD triplets "
+                           "and importance statistics, so it needs more memory than LoRA; pass "
+                           "peft_vision_ext.AdaLoraCallback() to Trainer (it derives the rank schedule from the run)")
             alternatives.append("LoRA r=16 on attention: nearly as good, less memory")
         else:
             rank = 8 if memory == "low" else 16

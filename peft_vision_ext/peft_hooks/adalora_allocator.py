@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 _ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+_SCHEDULE = ("total_step", "tinit", "tfinal", "deltaT")
 
 
 def rank_allocator_state(tuner: Any) -> dict[str, Any]:
@@ -19,7 +20,9 @@ def rank_allocator_state(tuner: Any) -> dict[str, Any]:
     state: dict[str, Any] = {
         key: {name: t.detach().cpu() for name, t in getattr(allocator, key).items()} for key in _ALLOCATOR_STATE
     }
-    state["rank_pattern"] = tuner.peft_config[tuner.trainable_adapter_name].rank_pattern
+    config = tuner.peft_config[tuner.trainable_adapter_name]
+    state["rank_pattern"] = config.rank_pattern
+    state["schedule"] = {key: getattr(config, key) for key in _SCHEDULE}
     return state
 
 
@@ -28,8 +31,11 @@ def load_rank_allocator_state(tuner: Any, state: dict[str, Any]) -> None:
     device = next(tuner.parameters()).device
     for key in _ALLOCATOR_STATE:
         setattr(allocator, key, {name: t.to(device) for name, t in state[key].items()})
+    config = tuner.peft_config[tuner.trainable_adapter_name]
     if state.get("rank_pattern"):
-        tuner.peft_config[tuner.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+        config.rank_pattern = state["rank_pattern"]
+    for key, value in state.get("schedule", {}).items():  # older checkpoints carry none
+        setattr(config, key, value)
 
 
 def set_adalora_total_step(tuner: Any, steps: int) -> None:

@@ -71,6 +71,7 @@ def _install_default_targets() -> None:
 
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        from ..adalora.init import apply_requested_init
         from ..compat.enforce import enforce_injection
         from ..fused import slices
         from .adalora_allocator import quiet_adalora_rank_pattern
@@ -86,6 +87,8 @@ def _install_default_targets() -> None:
         with quiet_adalora_rank_pattern(config):
             result = original(self, model, adapter_name, *args, **kwargs)
         slices.apply(model, adapter_name, config)
+        # AdaLoRA's SVD factors start orthonormal on vision models (adalora/init.py): PEFT exposes no init hook.
+        apply_requested_init(self, model, adapter_name)
         return result
 
     setattr(inject_adapter, _MARK, True)

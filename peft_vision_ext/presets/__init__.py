@@ -183,11 +183,20 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
     ``feedforward_modules`` there wins over the preset. ``fused`` (LoRA): ``"slices"`` adapts fused q/k/v layers
     (timm ``qkv``/``kv``, nn.MultiheadAttention) slice by slice, the slices the preset names (``attention``: q and v),
     each with its own rank-r LoRA; ``"whole"`` adapts them as one layer.
+
+    AdaLoRA: ``r`` is the LoRA rank whose final budget to match (``target_r = r``, ``init_r = 1.5 r``); fields left
+    out get the vision defaults of :mod:`peft_vision_ext.adalora.defaults` (scale, regulariser weight), and the
+    factors start orthonormal (:mod:`peft_vision_ext.adalora.init`). ``total_step`` is still required by PEFT;
+    ``AdaLoraCallback`` replaces it with the Trainer's step count and derives the schedule.
     """
     method = method.lower()
     if fused not in ("slices", "whole"):
         raise ValueError(f"preset_config(fused={fused!r}): use 'slices' or 'whole'.")
     config_class = _config_class(method)
+    if method == "adalora":  # comparable budget, scale and regulariser weight (adalora/defaults.py)
+        from ..adalora.defaults import vision_adalora_kwargs
+
+        method_kwargs = vision_adalora_kwargs(method_kwargs)
     if method_kwargs.get("target_modules") is None:
         resolution = resolve_default(model, method, preset)
         method_kwargs["target_modules"] = resolution.target_modules

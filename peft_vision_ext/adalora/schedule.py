@@ -1,0 +1,79 @@
+"""AdaLoRA's rank schedule derived from the length of the run: one place for the callback, the quick start, the
+examples and the benchmarks.
+
+PEFT's defaults (``tinit=0``, ``tfinal=0``, ``deltaT=1``) prune from the first step to the last, with no warm-up
+for the importance scores and no phase that trains the final rank pattern. The AdaLoRA paper warms up, prunes with
+a cubic budget, then fine-tunes the final pattern (its GLUE settings: roughly the first tenth of training warm-up,
+a final phase of a third or more, allocation every ~0.1-0.2 % of the steps; EMA constants 0.85, PEFT's defaults).
+:data:`SCHEDULE` keeps those as fractions of the optimizer steps; :func:`derive_schedule` turns them into steps.
+
+A field left at PEFT's default cannot be told from one set to that value on purpose: such fields are derived;
+``keep="peft"`` (``AdaLoraCallback(schedule="peft")``) keeps PEFT's values exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+logger = logging.getLogger("peft_vision_ext")
+
+ScheduleMode = Literal["derive", "peft"]
+#: PEFT's AdaLoraConfig defaults for the fields derived here (identical from peft 0.15 to 0.21).
+PEFT_DEFAULTS: dict[str, int] = {"tinit": 0, "tfinal": 0, "deltaT": 1}
+
+
+@dataclass(frozen=True)
+class ScheduleFractions:
+    """The schedule as fractions of training (optimizer steps)."""
+
+    warmup: float = 0.1  # tinit: importance scores settle before anything is pruned
+    final: float = 0.3  # tfinal: the final rank pattern trains on its own
+    interval: float = 0.01  # deltaT: allocate every 1 % of the steps (at least every step)
+
+
+SCHEDULE = ScheduleFractions()
+
+
+def derive_schedule(total_steps: int, fractions: ScheduleFractions = SCHEDULE) -> dict[str, int]:
+    """``{"total_step", "tinit", "tfinal", "deltaT"}`` for a run of ``total_steps`` optimizer steps.
+
+    Leaves at least one pruning step between warm-up and the final phase (short runs shrink both).
+    """
+    if total_steps < 3:
+        raise ValueError(f"AdaLoRA needs at least 3 optimizer steps to warm up, prune and fine-tune; got {total_steps}")
+    tinit = int(fractions.warmup * total_steps)
+    tfinal = int(fractions.final * total_steps)
+    while tinit + tfinal >= total_steps - 1 and (tinit or tfinal):
+        tinit, tfinal = max(0, tinit - 1), max(0, tfinal - 1)
+    return {"total_step": total_steps, "tinit": tinit, "tfinal": tfinal,
+            "deltaT": max(1, round(fractions.interval * total_steps))}
+
+
+def schedule_of(config: Any) -> dict[str, Any]:
+    return {key: getattr(config, key) for key in ("total_step", "tinit", "tfinal", "deltaT")}
+
+
+def apply_schedule(config: Any, total_steps: int, mode: ScheduleMode = "derive") -> dict[str, Any]:
+    """Set ``config``'s schedule for a run of ``total_steps`` optimizer steps and return what is used.
+
+    ``"derive"``: fields still at PEFT's default are derived from the run; fields the user set keep their value.
+    ``"peft"``: only ``total_step`` follows the run, everything else stays as configured.
+    Raises when the resulting warm-up and final phase leave no step to prune in.
+    """
+    if mode not in ("derive", "peft"):
+        raise ValueError(f"AdaLoRA schedule mode must be 'derive' or 'peft', got {mode!r}")
+    derived = derive_schedule(total_steps)
+    config.total_step = total_steps
+    if mode == "derive":
+        for key, default in PEFT_DEFAULTS.items():
+            if getattr(config, key) == default:
+                setattr(config, key, derived[key])
+    if config.tinit >= total_steps - config.tfinal:
+        raise ValueError(
+            f"AdaLoRA: the run has {total_steps} optimizer steps, too few for tinit={config.tinit} + "
+            f"tfinal={config.tfinal}. Lower tinit/tfinal or train for more steps.")
+    used = schedule_of(config)
+    logger.info("AdaLoRA schedule (%s): %s", mode, used)
+    return used
