@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--preset", default=None, help="a preset name (see peft_vision_ext.list_presets); "
                         "default: the model family's default preset for the method")
-    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: the final budget of a LoRA of this rank: target_r = r, init_r = 1.5 r)")
+    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: target_r = r, init_r = 1.5 r)")
     parser.add_argument("--quantization", default="none", choices=("none", "4bit", "8bit"),
                         help="quantize the base with bitsandbytes (peft_vision_ext.quantize; ViT-style models only)")
     parser.add_argument("--train-size", type=int, default=4000)

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", default="lora", choices=METHODS)
     parser.add_argument("--preset", default=None, help="a preset name (see peft_vision_ext.list_presets); "
                         "default: the family's default preset for the method")
-    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: the final budget of a LoRA of this rank: target_r = r, init_r = 1.5 r)")
+    parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: target_r = r, init_r = 1.5 r)")
     parser.add_argument("--base", default=None, help="a saved SegformerForSemanticSegmentation folder to start "
                         "from (skips --pretrain-steps)")
     parser.add_argument("--pretrain-steps", type=int, default=100,
