@@ -10,8 +10,9 @@ Variants: ``LoRA r=8`` (the tasks' own LoRA rows); ``AdaLoRA, PEFT defaults`` (`
 target_r=8, total_step=N)``: PEFT's initialisation, scale lora_alpha/init_r = 8/12, tinit = tfinal = 0, deltaT = 1;
 no orthogonal regulariser, which PEFT never adds on these models); ``AdaLoRA, vision defaults``
 (``preset_config(model, "adalora", r=8, **derive_schedule(N))``: orthonormal factors, the vision scale and
-regulariser weight of ``peft_vision_ext.adalora.defaults``, the derived schedule). Every run: AdamW at 3e-3, its own
-process; accuracy, trainable parameters at the start and after pruning, s/epoch, peak RSS.
+regulariser weight of ``peft_vision_ext.adalora.defaults``, the derived schedule); the same with the orthogonal
+regulariser at PEFT's weight 0.5 (``orth 0.5``), applied as AdaLoraCallback applies it. Every run: AdamW at 3e-3,
+its own process; accuracy, trainable parameters at the start and after pruning, s/epoch, peak RSS.
 
     python benchmarks/adalora_vision.py [--seeds 5] [--tasks vit mobilenet] [--quick]
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-VARIANTS = ("LoRA r=8", "AdaLoRA, PEFT defaults", "AdaLoRA, vision defaults")
+VARIANTS = ("LoRA r=8", "AdaLoRA, PEFT defaults", "AdaLoRA, vision defaults", "AdaLoRA, vision defaults, orth 0.5")
 TASKS = ("vit", "mobilenet")
 LR, RANK = 3e-3, 8
 
@@ -44,7 +45,8 @@ def _config(task: str, variant: str, model: torch.nn.Module, steps: int) -> Any:
         return method_config(model, "lora", rank=RANK)
     if variant == "AdaLoRA, PEFT defaults":  # targets: the plugin's default preset, as for the other variants
         return use_adalora_init(peft.AdaLoraConfig(init_r=12, target_r=RANK, total_step=steps), "peft")
-    return pve.preset_config(model, "adalora", r=RANK, **derive_schedule(steps))
+    regulariser = {"orth_reg_weight": 0.5} if variant.endswith("orth 0.5") else {}
+    return pve.preset_config(model, "adalora", r=RANK, **derive_schedule(steps), **regulariser)
 
 
 def _final_adapter_params(model: torch.nn.Module) -> int:
@@ -93,7 +95,7 @@ def child(task: str, variant: str, seed: int, checkpoint: str, quick: bool) -> d
     adalora = model.base_model if variant.startswith("AdaLoRA") else None
     start_mib = reset_peak()
     timing = train(model, x, y, epochs=epochs, lr=LR, batch=batch, seed=seed, adalora=adalora,
-                   regularize=variant == "AdaLoRA, vision defaults")
+                   regularize=variant != "AdaLoRA, PEFT defaults")
     return {"task": task, "variant": variant, "seed": seed, "accuracy": accuracy(model, xt, yt), "trainable": params,
             "total": total, "final_adapter_params": _final_adapter_params(model), "head_params": head,
             "peak_mib": peak_mib(), "start_mib": start_mib, "steps_total": steps, **timing}

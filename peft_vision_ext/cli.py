@@ -28,11 +28,15 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
 
     kwargs: dict = {}
     if args.rank is not None:
-        kwargs["init_r" if args.method == "adalora" else "r"] = args.rank
+        kwargs["r"] = args.rank  # AdaLoRA: the LoRA rank whose final budget it matches (target_r = r)
     if args.method == "adalora":
         kwargs["total_step"] = 1000
     if args.target_modules:
         kwargs["target_modules"] = args.target_modules.split(",")
+        if args.method == "adalora":
+            from .adalora.defaults import vision_adalora_kwargs
+
+            kwargs = vision_adalora_kwargs(kwargs)
         return _explicit_config(args.method, kwargs)
     return preset_config(model, args.method, args.preset, **kwargs)
 
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--method", default="lora", choices=methods)
     check.add_argument("--preset", default=None, help="preset name (default: the family's default)")
     check.add_argument("--target-modules", default=None, help="comma-separated names, instead of a preset")
-    check.add_argument("--rank", type=int, default=None)
+    check.add_argument("--rank", type=int, default=None, help="r (AdaLoRA: target_r = r, init_r = 1.5 r)")
     check.add_argument("--num-classes", type=int, default=None, help="size of the classification head")
     check.set_defaults(func=_cmd_check)
 

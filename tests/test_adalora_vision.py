@@ -119,7 +119,7 @@ def test_preset_config_matches_a_lora_budget_and_fills_the_vision_defaults() -> 
     config = pve.preset_config(model, "adalora", r=8, total_step=10)
     assert (config.target_r, config.init_r) == (8, 12)
     assert config.lora_alpha == round(VISION_DEFAULTS.alpha_per_rank * 12)
-    assert config.orth_reg_weight == VISION_DEFAULTS.orth_reg_weight
+    assert config.orth_reg_weight == VISION_DEFAULTS.orth_reg_weight == 0.0
     explicit = pve.preset_config(model, "adalora", init_r=6, target_r=2, lora_alpha=4, orth_reg_weight=0.5,
                                  total_step=10)
     assert (explicit.init_r, explicit.target_r, explicit.lora_alpha, explicit.orth_reg_weight) == (6, 2, 4, 0.5)
