@@ -107,8 +107,11 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
         model.requires_grad_(name == "full fine-tuning")
         model.head.requires_grad_(True)
     else:
+        from peft_vision_ext.adalora import derive_schedule
+
+        # AdaLoRA: the final budget of LoRA r=8 (init_r 12 -> target_r 8) with the plugin's vision defaults
         kwargs = {"lokr": {"r": 8, "alpha": 16}, "loha": {"r": 8, "alpha": 16},
-                  "adalora": {"init_r": 8, "target_r": 4, "total_step": epochs * ((len(x) + 63) // 64)}}.get(
+                  "adalora": {"r": 8, **derive_schedule(epochs * ((len(x) + 63) // 64))}}.get(
             method, {"r": 8, "lora_alpha": 16})
         # LoRA rows: the whole fused qkv (the variant measured before the q/v-slices default); the two are compared
         # at equal parameters in fused_qkv.py

@@ -35,8 +35,10 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
         kwargs["target_modules"] = args.target_modules.split(",")
         if args.method == "adalora":
             from .adalora.defaults import vision_adalora_kwargs
+            from .presets import detect_family
 
-            kwargs = vision_adalora_kwargs(kwargs)
+            detection = detect_family(model)
+            kwargs = vision_adalora_kwargs(kwargs, detection.kind if detection is not None else None)
         return _explicit_config(args.method, kwargs)
     return preset_config(model, args.method, args.preset, **kwargs)
 

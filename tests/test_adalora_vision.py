@@ -74,6 +74,12 @@ def test_apply_schedule_derives_only_fields_left_at_peft_defaults() -> None:
         apply_schedule(too_long, 200)
     with pytest.raises(ValueError, match="'derive' or 'peft'"):
         apply_schedule(kept, 200, "paper")
+    # PEFT's allocator would crash at its first pruning step (kthvalue out of range): refused before training
+    flat = peft.AdaLoraConfig(init_r=4, target_r=4, total_step=50, target_modules=["fc1"])
+    with pytest.raises(ValueError, match="init_r=4 <= target_r=4: nothing to prune"):
+        apply_schedule(flat, 200)
+    with pytest.raises(ValueError, match="nothing to prune"):
+        pve.preset_config(_vit(), "adalora", init_r=6, target_r=8, total_step=10)
 
 
 # --- initialisation --------------------------------------------------------------------------------------------------
@@ -119,7 +125,12 @@ def test_preset_config_matches_a_lora_budget_and_fills_the_vision_defaults() -> 
     config = pve.preset_config(model, "adalora", r=8, total_step=10)
     assert (config.target_r, config.init_r) == (8, 12)
     assert config.lora_alpha == round(VISION_DEFAULTS.alpha_per_rank * 12)
-    assert config.orth_reg_weight == VISION_DEFAULTS.orth_reg_weight == 0.0
+    # the regulariser weight by kind (measured): transformers 0, CNNs PEFT's 0.5
+    assert config.orth_reg_weight == VISION_DEFAULTS.orth_reg_weight_for("transformer") == 0.0
+    import torchvision
+
+    cnn = torchvision.models.mobilenet_v2(num_classes=3)
+    assert pve.preset_config(cnn, "adalora", r=8, total_step=10).orth_reg_weight == 0.5
     explicit = pve.preset_config(model, "adalora", init_r=6, target_r=2, lora_alpha=4, orth_reg_weight=0.5,
                                  total_step=10)
     assert (explicit.init_r, explicit.target_r, explicit.lora_alpha, explicit.orth_reg_weight) == (6, 2, 4, 0.5)

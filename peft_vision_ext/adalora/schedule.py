@@ -51,6 +51,16 @@ def derive_schedule(total_steps: int, fractions: ScheduleFractions = SCHEDULE) -
             "deltaT": max(1, round(fractions.interval * total_steps))}
 
 
+def check_budget(init_r: int, target_r: int) -> None:
+    """AdaLoRA prunes from ``init_r`` to an average of ``target_r``; PEFT's allocator crashes at its first pruning
+    step ("kthvalue(): selected number k out of range"; peft 0.17.1 and 0.21.2) when there is nothing to prune."""
+    if init_r <= target_r:
+        raise ValueError(
+            f"AdaLoRA init_r={init_r} <= target_r={target_r}: nothing to prune, and PEFT's rank allocator crashes at "
+            "its first pruning step. Use init_r > target_r (e.g. preset_config(model, 'adalora', r=8): init_r 12 -> "
+            "target_r 8), or LoRA for a fixed rank.")
+
+
 def schedule_of(config: Any) -> dict[str, Any]:
     return {key: getattr(config, key) for key in ("total_step", "tinit", "tfinal", "deltaT")}
 
@@ -64,6 +74,7 @@ def apply_schedule(config: Any, total_steps: int, mode: ScheduleMode = "derive")
     """
     if mode not in ("derive", "peft"):
         raise ValueError(f"AdaLoRA schedule mode must be 'derive' or 'peft', got {mode!r}")
+    check_budget(config.init_r, config.target_r)
     derived = derive_schedule(total_steps)
     config.total_step = total_steps
     if mode == "derive":

@@ -90,7 +90,7 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
             from ..adalora.defaults import vision_adalora_kwargs
 
             method, rate = "adalora", 3e-3
-            kwargs = vision_adalora_kwargs({"r": 8, "total_step": total_steps})
+            kwargs = vision_adalora_kwargs({"r": 8, "total_step": total_steps}, kind)
             reasons.append("ViT with memory to spare: AdaLoRA moves the rank budget to the layers that need it, "
                            "ending at the budget of a LoRA with r=8 (init_r 12 -> target_r 8); it keeps SVD triplets "
                            "and importance statistics, so it needs more memory than LoRA; pass "

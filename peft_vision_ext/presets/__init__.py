@@ -196,7 +196,8 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
     if method == "adalora":  # comparable budget, scale and regulariser weight (adalora/defaults.py)
         from ..adalora.defaults import vision_adalora_kwargs
 
-        method_kwargs = vision_adalora_kwargs(method_kwargs)
+        detection = detect_family(model)
+        method_kwargs = vision_adalora_kwargs(method_kwargs, detection.kind if detection is not None else None)
     if method_kwargs.get("target_modules") is None:
         resolution = resolve_default(model, method, preset)
         method_kwargs["target_modules"] = resolution.target_modules
