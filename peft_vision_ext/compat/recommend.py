@@ -84,7 +84,8 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
                            "96.6 % with 6.7 % of the parameters trainable at lr 3e-3)")
             alternatives.append("LoHa or LoKr (presets include depthwise convs) when parameters are tight")
             if memory == "high":
-                alternatives.append("AdaLoRA (this plugin's conv layer) to let the rank budget move between layers")
+                alternatives.append("AdaLoRA (this plugin's conv layer) to let the rank budget move between layers "
+                                    "(MobileNetV2 task: +0.60 +- 0.90 points vs LoRA at the same final budget)")
     else:
         if memory == "high":
             from ..adalora.defaults import vision_adalora_kwargs
@@ -92,15 +93,16 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
             method, rate = "adalora", 3e-3
             kwargs = vision_adalora_kwargs({"r": 8, "total_step": total_steps}, kind)
             reasons.append("ViT with memory to spare: AdaLoRA moves the rank budget to the layers that need it, "
-                           "ending at the budget of a LoRA with r=8 (init_r 12 -> target_r 8); it keeps SVD triplets "
-                           "and importance statistics, so it needs more memory than LoRA; pass "
-                           "peft_vision_ext.AdaLoraCallback() to Trainer (it derives the rank schedule from the run)")
+                           "ending at the budget of a LoRA with r=8 (init_r 12 -> target_r 8); with the plugin's "
+                           "vision defaults it measured on par with LoRA (ViT transfer task, 5 paired seeds: "
+                           "+0.56 +- 1.71 points; PEFT's own defaults: -7.48); it trains 1.5x LoRA's parameters until "
+                           "it prunes; pass peft_vision_ext.AdaLoraCallback() to Trainer (it derives the schedule)")
             alternatives.append("LoRA r=16 on attention: nearly as good, less memory")
         else:
             rank = 8 if memory == "low" else 16
             method, kwargs, rate = "lora", {"r": rank, "lora_alpha": rank, "lora_dropout": 0.1}, 1e-3
             reasons.append(f"{kind} network: LoRA on the attention projections is the established default for ViTs")
-            alternatives.append("AdaLoRA when memory allows (adaptive ranks, more memory)")
+            alternatives.append("AdaLoRA when memory allows (adaptive ranks; on par with LoRA at the same final budget in our ViT benchmark)")
             if memory == "low":
                 reasons.append("tight memory: rank 8; activations dominate ViT training memory, so enable gradient "
                                "checkpointing before shrinking the adapter further")
