@@ -102,7 +102,8 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
             rank = 8 if memory == "low" else 16
             method, kwargs, rate = "lora", {"r": rank, "lora_alpha": rank, "lora_dropout": 0.1}, 1e-3
             reasons.append(f"{kind} network: LoRA on the attention projections is the established default for ViTs")
-            alternatives.append("AdaLoRA when memory allows (adaptive ranks; on par with LoRA at the same final budget in our ViT benchmark)")
+            alternatives.append("AdaLoRA when memory allows (adaptive ranks; on par with LoRA at the same final budget "
+                                "in our ViT benchmark)")
             if memory == "low":
                 reasons.append("tight memory: rank 8; activations dominate ViT training memory, so enable gradient "
                                "checkpointing before shrinking the adapter further")
