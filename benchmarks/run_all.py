@@ -1,5 +1,5 @@
 """Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), LoRA on
-fused qkv (whole vs q/v slices), AdaLoRA conv speed, quantized ViT memory, plugin overhead, 4-bit CPU layouts and
+fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT memory, plugin overhead, 4-bit CPU layouts and
 routing. ``--quick`` is a smoke test of each (fewer seeds, epochs, steps and a smaller batch; its numbers are not
 results). JSON and plots go to
 benchmarks/results/ (speed and memory JSON next to their scripts).
@@ -20,6 +20,7 @@ BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "accuracy-mobilenet": ("accuracy_mobilenet.py", [], ["--quick"]),
     "accuracy-vit": ("accuracy_vit.py", [], ["--quick"]),
     "fused-qkv": ("fused_qkv.py", ["--seeds", "5"], ["--quick"]),
+    "adalora-vision": ("adalora_vision.py", [], ["--quick"]),
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
     "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "1"]),
     "overhead": ("overhead.py", [], ["--quick"]),
