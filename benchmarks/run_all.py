@@ -1,8 +1,8 @@
 """Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), LoRA on
-fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT memory, plugin overhead, 4-bit CPU layouts and
-routing. ``--quick`` is a smoke test of each (fewer seeds, epochs, steps and a smaller batch; its numbers are not
-results). JSON and plots go to
-benchmarks/results/ (speed and memory JSON next to their scripts).
+fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT
+memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of each (fewer seeds, epochs,
+steps and a smaller batch; its numbers are not results). JSON and plots go to benchmarks/results/ (speed and memory
+JSON next to their scripts).
 
     python benchmarks/run_all.py [--quick] [--skip memory speed ...]
 """
