@@ -134,6 +134,7 @@ def test_preset_config_matches_a_lora_budget_and_fills_the_vision_defaults() -> 
     explicit = pve.preset_config(model, "adalora", init_r=6, target_r=2, lora_alpha=4, orth_reg_weight=0.5,
                                  total_step=10)
     assert (explicit.init_r, explicit.target_r, explicit.lora_alpha, explicit.orth_reg_weight) == (6, 2, 4, 0.5)
+    assert pve.preset_config(model, "adalora", init_r=6, total_step=10).target_r == 4  # same ratio as r=...
     report = pve.check(model, config)
     assert report.adalora_ranks == (12, 8)
     assert report.adalora_final_params == round(report.adapter_params * 8 / 12)

@@ -47,7 +47,7 @@ def vision_adalora_kwargs(kwargs: dict[str, Any], kind: str | None = None,
     """``kwargs`` for ``AdaLoraConfig`` with the vision defaults filled in where the caller left them out.
 
     ``r`` (if given) is read as the LoRA rank whose final budget AdaLoRA should match; ``init_r``/``target_r``
-    given explicitly win. ``kind``: the model's kind ("cnn", "transformer", "hybrid"), for the regulariser weight.
+    given explicitly win; ``init_r`` alone prunes to ``init_r / 1.5``. ``kind``: the model's kind ("cnn", "transformer", "hybrid"), for the regulariser weight.
     """
     kwargs = dict(kwargs)
     rank = kwargs.pop("r", None)
@@ -56,6 +56,8 @@ def vision_adalora_kwargs(kwargs: dict[str, Any], kind: str | None = None,
             raise ValueError(f"AdaLoRA r={rank!r}: the LoRA rank to match must be a positive integer")
         kwargs.setdefault("target_r", rank)
         kwargs.setdefault("init_r", max(kwargs["target_r"], math.ceil(defaults.init_over_target * rank)))
+    if "init_r" in kwargs and "target_r" not in kwargs:  # init_r alone: prune by the same ratio
+        kwargs["target_r"] = max(1, math.floor(kwargs["init_r"] / defaults.init_over_target))
     kwargs.setdefault("target_r", 8)
     kwargs.setdefault("init_r", max(kwargs["target_r"], math.ceil(defaults.init_over_target * kwargs["target_r"])))
     from .schedule import check_budget
