@@ -47,7 +47,8 @@ def vision_adalora_kwargs(kwargs: dict[str, Any], kind: str | None = None,
     """``kwargs`` for ``AdaLoraConfig`` with the vision defaults filled in where the caller left them out.
 
     ``r`` (if given) is read as the LoRA rank whose final budget AdaLoRA should match; ``init_r``/``target_r``
-    given explicitly win; ``init_r`` alone prunes to ``init_r / 1.5``. ``kind``: the model's kind ("cnn", "transformer", "hybrid"), for the regulariser weight.
+    given explicitly win; ``init_r`` alone prunes to ``init_r / 1.5``. ``kind``: the model's kind ("cnn",
+    "transformer", "hybrid"), for the regulariser weight.
     """
     kwargs = dict(kwargs)
     rank = kwargs.pop("r", None)
