@@ -56,11 +56,12 @@ def _is_orthonormal(layer: AdaLoraLayer) -> bool:
 def test_derive_schedule_is_fractions_of_the_run() -> None:
     assert derive_schedule(1000) == {"total_step": 1000, "tinit": 100, "tfinal": 300, "deltaT": 10}
     assert derive_schedule(12) == {"total_step": 12, "tinit": 1, "tfinal": 3, "deltaT": 1}
-    for steps in range(3, 40):  # always at least one pruning step between warm-up and the final phase
+    for steps in range(1, 40):  # always at least one pruning step between warm-up and the final phase
         schedule = derive_schedule(steps)
         assert schedule["tinit"] < steps - schedule["tfinal"] - 1 or schedule["tinit"] == schedule["tfinal"] == 0
-    with pytest.raises(ValueError, match="at least 3 optimizer steps"):
-        derive_schedule(2)
+    assert derive_schedule(2) == {"total_step": 2, "tinit": 0, "tfinal": 0, "deltaT": 1}  # PEFT's, for smoke runs
+    with pytest.raises(ValueError, match="at least one optimizer step"):
+        derive_schedule(0)
 
 
 def test_apply_schedule_derives_only_fields_left_at_peft_defaults() -> None:

@@ -3,12 +3,13 @@ examples and the benchmarks.
 
 PEFT's defaults (``tinit=0``, ``tfinal=0``, ``deltaT=1``) prune from the first step to the last, with no warm-up
 for the importance scores and no phase that trains the final rank pattern. The AdaLoRA paper warms up, prunes with
-a cubic budget, then fine-tunes the final pattern (its GLUE settings: roughly the first tenth of training warm-up,
-a final phase of a third or more, allocation every ~0.1-0.2 % of the steps; EMA constants 0.85, PEFT's defaults).
-:data:`SCHEDULE` keeps those as fractions of the optimizer steps; :func:`derive_schedule` turns them into steps.
+a cubic budget, then fine-tunes the final pattern (as we read its GLUE settings: about a tenth of training as
+warm-up and a long final phase; EMA constants 0.85, PEFT's defaults). :data:`SCHEDULE` keeps that shape as fractions
+of the optimizer steps (the final phase and the interval chosen on benchmarks/adalora_vision.py's tasks);
+:func:`derive_schedule` turns them into steps.
 
 A field left at PEFT's default cannot be told from one set to that value on purpose: such fields are derived;
-``keep="peft"`` (``AdaLoraCallback(schedule="peft")``) keeps PEFT's values exactly.
+``mode="peft"`` (``AdaLoraCallback(schedule="peft")``) keeps the configured values exactly.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ SCHEDULE = ScheduleFractions()
 def derive_schedule(total_steps: int, fractions: ScheduleFractions = SCHEDULE) -> dict[str, int]:
     """``{"total_step", "tinit", "tfinal", "deltaT"}`` for a run of ``total_steps`` optimizer steps.
 
-    Leaves at least one pruning step between warm-up and the final phase (short runs shrink both).
+    Leaves at least one pruning step between warm-up and the final phase (short runs shrink both, down to PEFT's
+    0 / 0 for runs of one or two steps).
     """
-    if total_steps < 3:
-        raise ValueError(f"AdaLoRA needs at least 3 optimizer steps to warm up, prune and fine-tune; got {total_steps}")
+    if total_steps < 1:
+        raise ValueError(f"AdaLoRA's schedule needs a run of at least one optimizer step; got {total_steps}")
     tinit = int(fractions.warmup * total_steps)
     tfinal = int(fractions.final * total_steps)
     while tinit + tfinal >= total_steps - 1 and (tinit or tfinal):
@@ -75,9 +77,9 @@ def apply_schedule(config: Any, total_steps: int, mode: ScheduleMode = "derive")
     if mode not in ("derive", "peft"):
         raise ValueError(f"AdaLoRA schedule mode must be 'derive' or 'peft', got {mode!r}")
     check_budget(config.init_r, config.target_r)
-    derived = derive_schedule(total_steps)
     config.total_step = total_steps
     if mode == "derive":
+        derived = derive_schedule(total_steps)
         for key, default in PEFT_DEFAULTS.items():
             if getattr(config, key) == default:
                 setattr(config, key, derived[key])
