@@ -33,12 +33,8 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
         kwargs["total_step"] = 1000
     if args.target_modules:
         kwargs["target_modules"] = args.target_modules.split(",")
-        if args.method == "adalora":
-            from .adalora.defaults import vision_adalora_kwargs
-            from .presets import detect_family
-
-            detection = detect_family(model)
-            kwargs = vision_adalora_kwargs(kwargs, detection.kind if detection is not None else None)
+        if args.method == "adalora":  # explicit targets, AdaLoRA's vision defaults still filled in
+            return preset_config(model, "adalora", **kwargs)
         return _explicit_config(args.method, kwargs)
     return preset_config(model, args.method, args.preset, **kwargs)
 
