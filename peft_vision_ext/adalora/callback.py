@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .ranks import rank_pattern_table
-from .regularization import add_orthogonal_regularization_grad
+from .regularization import add_orthogonal_regularization_grad, find_adalora_tuner
 from .schedule import ScheduleMode, apply_schedule, schedule_of
 
 logger = logging.getLogger("peft_vision_ext")
@@ -35,14 +35,6 @@ def _find_peft_model(model: Any) -> Any:
     while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
         model = getattr(model, "module", None)
     return model
-
-
-def find_adalora_tuner(model: Any) -> Any:
-    """The AdaLoraModel inside ``model`` (a PeftModel, possibly wrapped by DDP/accelerate), or ``None``."""
-    from peft.tuners.adalora import AdaLoraModel
-
-    tuner = getattr(_find_peft_model(model), "base_model", None)
-    return tuner if isinstance(tuner, AdaLoraModel) else None
 
 
 def check_ranks_in_sync(tuner: Any, args: Any) -> None:

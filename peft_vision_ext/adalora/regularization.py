@@ -20,7 +20,7 @@ def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
 
     ``model``: a PeftModel (possibly wrapped by DDP / accelerate) or its AdaLoraModel.
     """
-    tuner = _adalora_tuner(model)
+    tuner = find_adalora_tuner(model)
     if tuner is None:
         return None
     terms = []
@@ -33,7 +33,8 @@ def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
     return tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight * torch.stack(terms).mean()
 
 
-def _adalora_tuner(model: nn.Module) -> nn.Module | None:
+def find_adalora_tuner(model: nn.Module) -> nn.Module | None:
+    """The AdaLoraModel of ``model`` (itself, or inside a PeftModel possibly wrapped by DDP/accelerate), or ``None``."""
     from peft.tuners.adalora import AdaLoraModel
 
     tuner = model
@@ -46,7 +47,7 @@ def _adalora_tuner(model: nn.Module) -> nn.Module | None:
 
 def _factor_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The trainable adapter's non-empty lora_A / lora_B parameters (the matrices the regulariser keeps orthogonal)."""
-    tuner = _adalora_tuner(model)
+    tuner = find_adalora_tuner(model)
     if tuner is None:
         return []
     adapter = tuner.trainable_adapter_name
@@ -62,7 +63,7 @@ def add_orthogonal_regularization_grad(model: nn.Module) -> torch.Tensor | None:
     computed with ``torch.autograd.grad`` and added by hand, so DDP's gradient hooks do not fire a second time (every
     process computes the same term from the same weights).
     """
-    tuner = _adalora_tuner(model)
+    tuner = find_adalora_tuner(model)
     if tuner is None or tuner.peft_config[tuner.trainable_adapter_name].orth_reg_weight <= 0:
         return None
     term = orthogonal_regularization(tuner)

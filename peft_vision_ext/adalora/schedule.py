@@ -64,7 +64,9 @@ def check_budget(init_r: int, target_r: int) -> None:
 
 
 def schedule_of(config: Any) -> dict[str, Any]:
-    return {key: getattr(config, key) for key in ("total_step", "tinit", "tfinal", "deltaT")}
+    from ..peft_hooks.adalora_allocator import SCHEDULE_FIELDS
+
+    return {key: getattr(config, key) for key in SCHEDULE_FIELDS}
 
 
 def apply_schedule(config: Any, total_steps: int, mode: ScheduleMode = "derive") -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 _ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
-_SCHEDULE = ("total_step", "tinit", "tfinal", "deltaT")
+SCHEDULE_FIELDS = ("total_step", "tinit", "tfinal", "deltaT")  # AdaLoraConfig fields of the rank schedule
 
 
 def rank_allocator_state(tuner: Any) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def rank_allocator_state(tuner: Any) -> dict[str, Any]:
     }
     config = tuner.peft_config[tuner.trainable_adapter_name]
     state["rank_pattern"] = config.rank_pattern
-    state["schedule"] = {key: getattr(config, key) for key in _SCHEDULE}
+    state["schedule"] = {key: getattr(config, key) for key in SCHEDULE_FIELDS}
     return state
 
 
