@@ -36,9 +36,10 @@ def _dataset(n=32):
     return [{"pixel_values": x[i], "labels": y[i]} for i in range(n)]
 
 
-def _model(total_step=12):
+def _model(total_step=12, tinit=2, tfinal=2):
+    """tinit=0, tfinal=0 (with deltaT=1): the schedule left at PEFT's defaults."""
     torch.manual_seed(0)
-    config = peft.AdaLoraConfig(init_r=4, target_r=2, tinit=2, tfinal=2, total_step=total_step, deltaT=1,
+    config = peft.AdaLoraConfig(init_r=4, target_r=2, tinit=tinit, tfinal=tfinal, total_step=total_step, deltaT=1,
                                 lora_alpha=4, target_modules=["conv", "dw", "fc"], modules_to_save=["classifier"])
     return peft.get_peft_model(TinyCNN(), config)
 
@@ -213,18 +214,10 @@ def test_orthogonal_regularization_equals_peft_and_is_none_for_other_methods():
     assert orthogonal_regularization(lora) is None  # (transformers' base_model property points to itself)
 
 
-def _model_with_peft_defaults(total_step=100, **overrides):
-    """tinit/tfinal/deltaT left at PEFT's defaults (0, 0, 1) unless overridden."""
-    torch.manual_seed(0)
-    config = peft.AdaLoraConfig(init_r=4, target_r=2, total_step=total_step, lora_alpha=4,
-                                target_modules=["conv", "dw", "fc"], modules_to_save=["classifier"], **overrides)
-    return peft.get_peft_model(TinyCNN(), config)
-
-
 def test_schedule_is_derived_from_the_optimizer_steps_with_gradient_accumulation(tmp_path, caplog):
     from peft_vision_ext.adalora import derive_schedule
 
-    model = _model_with_peft_defaults()
+    model = _model(total_step=100, tinit=0, tfinal=0)
     callback = AdaLoraCallback()
     calls = []
     original = model.base_model.update_and_allocate
@@ -241,12 +234,12 @@ def test_schedule_is_derived_from_the_optimizer_steps_with_gradient_accumulation
 
 
 def test_schedule_keeps_what_the_user_set_and_peft_mode_keeps_everything(tmp_path):
-    model = _model_with_peft_defaults(total_step=40, tinit=5)
+    model = _model(total_step=40, tinit=5, tfinal=0)
     callback = AdaLoraCallback()
     Trainer(model=model, args=_args(tmp_path / "a", max_steps=40, save_steps=1000), train_dataset=_dataset(),
             callbacks=[callback]).train()
     assert callback.schedule == {"total_step": 40, "tinit": 5, "tfinal": 12, "deltaT": 1}  # deltaT: 1 % of 40 -> 1
-    model = _model_with_peft_defaults(total_step=40)
+    model = _model(total_step=40, tinit=0, tfinal=0)
     callback = AdaLoraCallback(schedule="peft")
     Trainer(model=model, args=_args(tmp_path / "b", max_steps=40, save_steps=1000), train_dataset=_dataset(),
             callbacks=[callback]).train()
@@ -257,11 +250,11 @@ def test_schedule_keeps_what_the_user_set_and_peft_mode_keeps_everything(tmp_pat
 
 def test_resume_restores_the_schedule_of_the_interrupted_run(tmp_path):
     first = AdaLoraCallback()
-    Trainer(model=_model_with_peft_defaults(total_step=20), args=_args(tmp_path, max_steps=20, save_steps=6),
+    Trainer(model=_model(total_step=20, tinit=0, tfinal=0), args=_args(tmp_path, max_steps=20, save_steps=6),
             train_dataset=_dataset(), callbacks=[first, _StopAt(6)]).train()
     state = torch.load(tmp_path / "checkpoint-6" / "adalora_rank_allocator.pt", weights_only=False)
     assert state["schedule"] == first.schedule == {"total_step": 20, "tinit": 2, "tfinal": 6, "deltaT": 1}
-    resumed_model = _model_with_peft_defaults(total_step=20)
+    resumed_model = _model(total_step=20, tinit=0, tfinal=0)
     resumed = AdaLoraCallback(schedule="peft")  # would keep tinit=tfinal=0 on a fresh run
     Trainer(model=resumed_model, args=_args(tmp_path, max_steps=20, save_steps=6), train_dataset=_dataset(),
             callbacks=[resumed]).train(resume_from_checkpoint=str(tmp_path / "checkpoint-6"))
