@@ -86,7 +86,7 @@ def _repack(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_new_4bit_layers_keep_their_layout_at_eval_forwards() -> None:
     import bitsandbytes as bnb
 
-    from peft_vision_ext.peft_hooks.bnb_cpu_packing import patch_bitsandbytes
+    from peft_vision_ext.peft_hooks import patch_bitsandbytes
 
     patch_bitsandbytes()  # done on import where PEFT loaded bitsandbytes, else by quantize() / bnb_config()
     layer = bnb.nn.Linear4bit(64, 40, quant_type="nf4", device="cpu")  # 40: not a multiple of the kernel's 32 rows

@@ -22,7 +22,8 @@ from ..versions import peft_version
 from .adalora_allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .adalora_conv import _install_adalora_conv
 from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_skips_allocation
-from .bnb_cpu_packing import _install_bnb_cpu_packing
+from .bnb_buffered_forward import _install_bnb_buffered_forward, patch_linear4bit_forward
+from .bnb_cpu_packing import _install_bnb_cpu_packing, patch_linear4bit_init
 from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
 from .fused_slices import _install_fused_slices
@@ -41,6 +42,7 @@ __all__ = [
     "fill_vision_defaults",
     "install",
     "load_rank_allocator_state",
+    "patch_bitsandbytes",
     "rank_allocator_state",
     "set_adalora_total_step",
     "translate_legacy_targets",
@@ -130,6 +132,14 @@ HOOKS: tuple[Hook, ...] = (
         install=_install_bnb_cpu_packing,
     ),
     Hook(
+        name="bnb-buffered-4bit-forward",
+        why="frozen bitsandbytes 4-bit layers on CPU dequantize into one reused buffer, not a new tensor per call "
+            "(training-step resident memory under glibc's default malloc)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_bnb_buffered_forward,
+    ),
+    Hook(
         name="fused-qkv-slices",
         why="LoRA on q/v slices of fused qkv: fused_slices.json saved and read beside the adapter (the stacked ranks "
             "and block factors themselves are set around PEFT's injection, in vision-default-targets)",
@@ -140,6 +150,16 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 _installed: list[str] = []
+
+
+def patch_bitsandbytes() -> None:
+    """Apply the bitsandbytes hooks now (bitsandbytes is about to build 4-bit layers; idempotent).
+
+    The hooks above patch bitsandbytes at install time only where it is already imported (importing it costs
+    seconds); ``quantize()`` and ``bnb_config()`` call this before they build or configure 4-bit layers.
+    """
+    patch_linear4bit_init()
+    patch_linear4bit_forward()
 
 
 def install() -> list[str]:

@@ -14,10 +14,10 @@ def _install_bnb_cpu_packing() -> None:
     import sys
 
     if "bitsandbytes" in sys.modules:
-        patch_bitsandbytes()
+        patch_linear4bit_init()
 
 
-def patch_bitsandbytes() -> None:
+def patch_linear4bit_init() -> None:
     """New ``Linear4bit`` layers start with bitsandbytes' in-place CPU repack off (idempotent)."""
     # Why: bitsandbytes (0.50.2 here; every release with _convert_weight_packed_for_cpu) on an AVX512-BF16 CPU
     # repacks a Linear4bit's weight in place at its first eval forward without gradients (bf16 statistics, another

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .bnb_layers import storage_bytes
+from .buffered_4bit import release_freed_memory, set_buffered_dequantization, set_release_freed_memory
 from .cpu_packing import cpu_takes_packed_path, enable_inference_packing, keep_unpacked
 from .hf import bnb_config
 from .merge import dequantize, merge_and_unload
 from .quantize import QuantizationPlan, plan, quantize
 
 __all__ = ["quantize", "plan", "QuantizationPlan", "bnb_config", "merge_and_unload", "dequantize", "storage_bytes",
-           "keep_unpacked", "enable_inference_packing", "cpu_takes_packed_path"]
+           "keep_unpacked", "enable_inference_packing", "cpu_takes_packed_path", "set_buffered_dequantization",
+           "set_release_freed_memory", "release_freed_memory"]

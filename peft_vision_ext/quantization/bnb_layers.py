@@ -17,9 +17,9 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
     """A bitsandbytes Linear holding ``weight`` quantized (bitsandbytes packs it when the layer moves to a device)."""
     import bitsandbytes as bnb
 
-    from ..peft_hooks.bnb_cpu_packing import patch_bitsandbytes
+    from ..peft_hooks import patch_bitsandbytes
 
-    patch_bitsandbytes()  # the new layer keeps bitsandbytes' standard layout at eval forwards (AVX512-BF16 CPUs)
+    patch_bitsandbytes()  # standard layout kept at eval forwards (AVX512-BF16 CPUs); buffered frozen forward
     out_features, in_features = weight.shape
     data = weight.detach().to("cpu", torch.float32).clone()
     if bits == 4:

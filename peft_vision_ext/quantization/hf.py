@@ -47,10 +47,10 @@ def bnb_config(model_or_config: Any, bits: int = 4, quant_type: str = "nf4", dou
     """
     from transformers import BitsAndBytesConfig
 
-    from ..peft_hooks.bnb_cpu_packing import patch_bitsandbytes
+    from ..peft_hooks import patch_bitsandbytes
     from .quantize import plan
 
-    patch_bitsandbytes()  # the 4-bit layers from_pretrained builds keep their layout at eval forwards
+    patch_bitsandbytes()  # the 4-bit layers from_pretrained builds keep their layout; buffered frozen forward
 
     if bits == 4 and quant_type not in ("nf4", "fp4"):
         raise QuantizationError(f"quant_type must be 'nf4' or 'fp4' for 4-bit; got {quant_type!r}.")
