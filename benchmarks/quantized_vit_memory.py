@@ -17,7 +17,7 @@ fp32 weights loaded before quantization do not count; RSS includes ~0.9 GB of li
 timed steps after one warm-up step, per allocator setting. Ratios are against fp32 LoRA without checkpointing, all
 from one run. Random init (no download); prints a table, writes JSON next to this file.
 
-    python benchmarks/quantized_vit_memory.py [--steps 3] [--batch 8]
+    python benchmarks/quantized_vit_memory.py [--steps 5] [--batch 8]
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _child(index: int, steps: int, batch: int, env: dict[str, str], profile_step
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--variant", type=int, default=None, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # child: tensor-level peak
@@ -152,7 +152,7 @@ def main() -> None:
         print(f"measured {row['variant']} (checkpointing {row['checkpointing']})", file=sys.stderr)
     print(table(rows, args.batch))
     # Smoke runs (other steps/batch, e.g. run_all.py --quick) never replace the recorded results.
-    suffix = ".json" if (args.steps, args.batch) == (3, 8) else ".json.quick"
+    suffix = ".json" if (args.steps, args.batch) == (5, 8) else ".json.quick"
     Path(__file__).with_suffix(suffix).write_text(json.dumps({"rows": rows, "batch": args.batch,
                                                               "steps": args.steps}, indent=1))
 

@@ -194,12 +194,13 @@ def test_training_releases_freed_memory_once_resident_memory_grew(monkeypatch: p
         pytest.skip("no glibc malloc_trim on this platform: nothing is released")
     trims: list[int] = []
     monkeypatch.setattr(buffered_4bit, "_malloc_trim", lambda: trims.append)
-    resident = [100 << 20]
+    resident = [buffered_4bit.RELEASE_EVERY_BYTES + (1 << 20)]
     monkeypatch.setattr(buffered_4bit, "_resident_bytes", lambda: resident[0])
     monkeypatch.setattr(buffered_4bit._local, "released_at", 0, raising=False)
     layer = _layer()
     x = torch.randn(2, 128, requires_grad=True)
-    layer(x).sum().backward()  # grew past 64 MiB since the last release (none yet): released once, then not again
+    # grown past RELEASE_EVERY_BYTES since the last release (none yet): released once, then not again
+    layer(x).sum().backward()
     assert trims == [0]
     resident[0] += buffered_4bit.RELEASE_EVERY_BYTES
     with torch.no_grad():
@@ -207,6 +208,8 @@ def test_training_releases_freed_memory_once_resident_memory_grew(monkeypatch: p
     assert trims == [0]
     layer(x).sum().backward()
     assert trims == [0, 0]
+    with pytest.raises(ValueError, match="every_bytes"):
+        buffered_4bit.set_release_freed_memory(True, every_bytes=-1)
     buffered_4bit.set_release_freed_memory(False)
     resident[0] += 2 * buffered_4bit.RELEASE_EVERY_BYTES
     try:

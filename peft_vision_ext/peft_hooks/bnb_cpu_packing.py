@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any
+
+from ._linear4bit import wrap_linear4bit
 
 
 def _install_bnb_cpu_packing() -> None:
@@ -28,26 +30,18 @@ def patch_linear4bit_init() -> None:
     # models. Not a PEFT internal, but the same rule holds: one hook, in one place. A bitsandbytes without the repack
     # is left alone.
     try:
-        import bitsandbytes as bnb
         import bitsandbytes.functional as bnbf
     except Exception:  # noqa: BLE001 - no usable bitsandbytes: nothing to hold off
         return
-    if not hasattr(bnbf, "_convert_weight_packed_for_cpu"):
-        return
+    if hasattr(bnbf, "_convert_weight_packed_for_cpu"):
+        wrap_linear4bit("__init__", _switched_off_at_init)
 
-    from . import _MARK
 
-    cls = bnb.nn.Linear4bit
-    original = cls.__init__
-    if getattr(original, _MARK, False):
-        return
-
-    @functools.wraps(original)
+def _switched_off_at_init(original: Callable[..., None]) -> Callable[..., None]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         from ..quantization.cpu_packing import default_switch_off
 
         original(self, *args, **kwargs)
         default_switch_off(self)
 
-    setattr(__init__, _MARK, True)
-    cls.__init__ = __init__
+    return __init__
