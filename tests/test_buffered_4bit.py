@@ -209,7 +209,8 @@ def test_training_releases_freed_memory_once_resident_memory_grew(monkeypatch: p
     layer(x).sum().backward()
     assert trims == [0, 0]
     with pytest.raises(ValueError, match="every_bytes"):
-        buffered_4bit.set_release_freed_memory(True, every_bytes=-1)
+        buffered_4bit.set_release_freed_memory(False, every_bytes=-1)
+    assert buffered_4bit._release and buffered_4bit.RELEASE_EVERY_BYTES == 128 << 20  # a refused call changes nothing
     buffered_4bit.set_release_freed_memory(False)
     resident[0] += 2 * buffered_4bit.RELEASE_EVERY_BYTES
     try:

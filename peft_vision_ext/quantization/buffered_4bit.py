@@ -44,20 +44,17 @@ def set_buffered_dequantization(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
-def buffered_dequantization_enabled() -> bool:
-    return _enabled
-
-
 def set_release_freed_memory(enabled: bool, every_bytes: int | None = None) -> None:
     """Training through buffered 4-bit layers hands freed heap memory back to the OS as it goes (default on, every
     128 MiB of resident-set growth; Linux with glibc only). No allocator setting is changed: see
     :func:`release_freed_memory`. A smaller ``every_bytes`` lowers the peak further and costs more time (released
     pages are faulted in again when reused)."""
     global _release, RELEASE_EVERY_BYTES
+    if every_bytes is not None and every_bytes < 0:
+        raise ValueError(f"set_release_freed_memory: every_bytes must be >= 0 (bytes of resident-set growth between "
+                         f"releases); got {every_bytes}")
     _release = bool(enabled)
     if every_bytes is not None:
-        if every_bytes < 0:
-            raise ValueError(f"every_bytes must be >= 0; got {every_bytes}")
         RELEASE_EVERY_BYTES = int(every_bytes)
 
 
