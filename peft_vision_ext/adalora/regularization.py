@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distributed.shards import is_dtensor
+
 
 def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
     """``orth_reg_weight * mean_P ||P P^T - I||_F`` over the trainable AdaLoRA adapter's lora_A / lora_B, as
@@ -25,6 +27,8 @@ def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:
         return None
     terms = []
     for name, parameter in _factor_parameters(tuner):
+        if is_dtensor(parameter):  # FSDP2: P P^T couples every row; gather the factor (differentiable, adapter-sized)
+            parameter = parameter.full_tensor()
         covariance = parameter @ parameter.T if "lora_A" in name else parameter.T @ parameter
         identity = torch.eye(*covariance.shape, dtype=covariance.dtype, device=covariance.device)
         terms.append(torch.linalg.matrix_norm(covariance - identity))

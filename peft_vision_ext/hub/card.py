@@ -18,6 +18,7 @@ from .describe import PRESET_ATTRIBUTE, card_info
 from .metadata import (
     FORMAT_VERSION,
     METADATA_FILE,
+    PRECOMPUTED_BASE,
     base_spec,
     base_state_of_peft_model,
     describe_base,
@@ -52,7 +53,10 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
     heads = heads_of(peft_model)
     info = card_info(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    base_state = base_state_of_peft_model(peft_model)
+    # A sharded (FSDP2) model: save_adapter computed shapes and fingerprint on every process beforehand, because
+    # reading the sharded base here, on process 0 alone, would wait forever for the others.
+    precomputed = peft_model.__dict__.get(PRECOMPUTED_BASE)
+    base_state = precomputed["shapes"] if precomputed else base_state_of_peft_model(peft_model)
     adapters = {}
     for name, config in peft_model.peft_config.items():
         method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
@@ -73,7 +77,7 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
         "adapters": adapters,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "base_fingerprint": fingerprint(base_state, list(heads)),
+        "base_fingerprint": precomputed["fingerprint"] if precomputed else fingerprint(base_state, list(heads)),
     }
 
 

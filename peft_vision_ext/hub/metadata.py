@@ -20,6 +20,9 @@ from .describe import card_info
 
 METADATA_FILE = "peft_vision_ext.json"
 FORMAT_VERSION = 1
+#: On a sharded PeftModel during save_adapter: {"shapes": name -> meta tensor, "fingerprint": name -> hash} of the
+#: bare base, computed by every process together (peft_vision_ext.distributed.save).
+PRECOMPUTED_BASE = "_peft_vision_ext_precomputed_base"
 _WRAPPER_PARTS = ("modules_to_save", "original_module")
 
 

@@ -21,6 +21,7 @@ from packaging.version import Version
 from ..versions import peft_version
 from .adalora_allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .adalora_conv import _install_adalora_conv
+from .adalora_sharded import _install_adalora_sharded_allocation
 from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_skips_allocation
 from .bnb_buffered_forward import _install_bnb_buffered_forward, patch_linear4bit_forward
 from .bnb_cpu_packing import _install_bnb_cpu_packing, patch_linear4bit_init
@@ -88,6 +89,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_adalora_conv,
+    ),
+    Hook(
+        name="adalora-sharded-allocation",
+        why="AdaLoRA's rank allocation works on FSDP2-sharded adapters (PEFT: .tolist() fails on DTensor), one "
+            "all-reduce of the scores per masking step, the same mask on every process",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_adalora_sharded_allocation,
     ),
     Hook(
         name="adalora-trainer-warning",

@@ -1,0 +1,93 @@
+"""Saving a sharded (FSDP2) PeftModel's adapter: the adapter's tensors gathered, written by process 0 only.
+
+``PeftModel.save_pretrained`` reads ``state_dict()``, which under FSDP2 holds each process's shards (DTensors): it
+cannot write a loadable adapter. Only the tensors the adapter file can contain are gathered (every parameter of the
+saved adapters, modules_to_save copies included, and every trainable parameter, e.g. biases under ``bias="all"``);
+each tensor is all-gathered in turn and only process 0 keeps it. The vision model card's base fingerprint (which
+``load_adapter`` checks) hashes the frozen base: its tensors are gathered one at a time for that and dropped once
+hashed, so saving moves the base over the network once but never holds more than one base tensor whole.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .shards import is_dtensor
+
+
+def _peft_model(model: nn.Module) -> Any:
+    while not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
+        inner = getattr(model, "module", None)
+        if inner is None:
+            raise TypeError(f"save_adapter needs a PeftModel (possibly wrapped), got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def _owned(key: str, adapters: list[str]) -> bool:
+    parts = key.split(".")
+    return any(adapter in parts for adapter in adapters)
+
+
+def gather_adapter_state_dict(model: nn.Module, adapters: list[str] | None = None) -> dict[str, torch.Tensor] | None:
+    """Every process calls it (collective); process 0 gets the full-tensor state dict ``save_pretrained`` needs
+    (adapter tensors and unsharded entries, on CPU), the others ``None``."""
+    import torch.distributed as dist
+
+    peft_model = _peft_model(model)
+    adapters = list(adapters or peft_model.peft_config)
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    gathered: dict[str, torch.Tensor] = {}
+    for key, value in peft_model.state_dict().items():  # the same order on every process
+        if is_dtensor(value):
+            if not (_owned(key, adapters) or key in trainable):
+                continue  # frozen base weights: never part of an adapter file
+            value = value.full_tensor()
+        if main:
+            gathered[key] = value.detach().cpu()
+    return gathered if main else None
+
+
+def _precompute_base(peft_model: Any, main: bool) -> dict[str, Any] | None:
+    """What the vision model card reads from the base (shapes and fingerprint), computed by every process."""
+    from ..hub.metadata import base_state_of_peft_model, fingerprint, heads_of
+
+    heads = list(heads_of(peft_model))
+    shapes: dict[str, torch.Tensor] = {}
+    prints: dict[str, str] = {}
+    for name, tensor in base_state_of_peft_model(peft_model).items():  # the same order on every process
+        shapes[name] = torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+        whole = tensor.full_tensor() if is_dtensor(tensor) else tensor
+        if main:
+            prints.update(fingerprint({name: whole}, heads))
+        del whole
+    return {"shapes": shapes, "fingerprint": prints} if main else None
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwargs: Any) -> None:
+    """``save_pretrained`` for a PeftModel sharded with FSDP2 (or not sharded at all): every process calls it,
+    process 0 writes ``directory``; ``save_kwargs`` go to ``save_pretrained`` (``selected_adapters``, ...)."""
+    import torch.distributed as dist
+
+    from ..hub.metadata import PRECOMPUTED_BASE, is_vision_model
+
+    peft_model = _peft_model(model)
+    distributed = dist.is_available() and dist.is_initialized()
+    main = not distributed or dist.get_rank() == 0
+    sharded = any(is_dtensor(p) for p in peft_model.parameters())
+    base = _precompute_base(peft_model, main) if sharded and is_vision_model(peft_model.get_base_model()) else None
+    state = gather_adapter_state_dict(peft_model, save_kwargs.get("selected_adapters"))
+    if state is not None:
+        if base is not None:
+            peft_model.__dict__[PRECOMPUTED_BASE] = base
+        try:
+            peft_model.save_pretrained(str(directory), state_dict=state, **save_kwargs)
+        finally:
+            peft_model.__dict__.pop(PRECOMPUTED_BASE, None)
+    if distributed:
+        dist.barrier()
