@@ -117,6 +117,103 @@ def train(case: str, rank: int = 0, world: int = 1, out: Path | None = None) -> 
     return record
 
 
+def adalora_callback(rank: int, world: int, out: Path) -> dict:
+    """AdaLoraCallback's hooks driven as Trainer calls them, on a sharded model: allocation, a checkpoint at step 4
+    (per-process allocator files, the adapter written by process 0), the end-of-training rank table, and a resume
+    that restores every process's statistics."""
+    import types
+
+    import peft
+
+    from peft_vision_ext.adalora.callback import AdaLoraCallback
+    from peft_vision_ext.distributed import shard_model
+
+    def sharded_model():
+        model = peft.get_peft_model(build("adalora"), config("adalora"))
+        return shard_model(model)
+
+    args = types.SimpleNamespace(output_dir=str(out))
+    state = types.SimpleNamespace(max_steps=STEPS, global_step=0, is_world_process_zero=rank == 0, log_history=[])
+    model, callback = sharded_model(), AdaLoraCallback()
+    callback.on_train_begin(args, state, None, model=model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
+    record: dict = {}
+    for step in range(STEPS):
+        images, labels = data(step)
+        half = GLOBAL_BATCH // world
+        loss = torch.nn.functional.cross_entropy(model(images[rank * half:(rank + 1) * half]),
+                                                 labels[rank * half:(rank + 1) * half])
+        loss.backward()
+        callback.on_pre_optimizer_step(args, state, None, model=model)
+        optimizer.step()
+        callback.on_optimizer_step(args, state, None, model=model)
+        optimizer.zero_grad()
+        state.global_step += 1
+        if state.global_step == 4:
+            callback.on_save(args, state, None, model=model)
+            allocator = model.base_model.rankallocator
+            record["saved_ipt"] = {name: t.sum().item() for name, t in sorted(allocator.exp_avg_ipt.items())}
+    callback.on_train_end(args, state, None, model=model)
+    record["rank_pattern"] = rank_pattern(model)
+
+    resumed = sharded_model()
+    resumed_state = types.SimpleNamespace(**{**vars(state), "global_step": 4})
+    AdaLoraCallback().on_train_begin(args, resumed_state, None, model=resumed)
+    allocator = resumed.base_model.rankallocator
+    record["restored_ipt"] = {name: t.sum().item() for name, t in sorted(allocator.exp_avg_ipt.items())}
+    return record
+
+
+def fsdp1_refusals(rank: int) -> dict:
+    """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA trains, while AdaLoRA's allocation and save_adapter
+    refuse with a message naming FSDP2; returns the messages and the losses."""
+    import peft
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    import peft_vision_ext  # noqa: F401
+    from peft_vision_ext.distributed import repeated_blocks, save_adapter
+
+    record: dict = {"rank": rank}
+    for case in ("lora", "adalora"):
+        model = peft.get_peft_model(build(case), config(case))
+        policy = ModuleWrapPolicy({type(block) for block in repeated_blocks(model)})
+        wrapped = FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
+                                           device_id=torch.device("cpu"))
+        optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=LR)
+        images, labels = data(0)
+        loss = torch.nn.functional.cross_entropy(wrapped(images[rank * 2:rank * 2 + 2]), labels[rank * 2:rank * 2 + 2])
+        loss.backward()
+        optimizer.step()
+        record[f"{case}_loss"] = loss.item()
+        if case == "adalora":
+            try:
+                model.base_model.update_and_allocate(2)  # a masking step
+            except RuntimeError as error:
+                record["adalora_error"] = str(error)
+        try:
+            save_adapter(wrapped, "unused")
+        except RuntimeError as error:
+            record[f"{case}_save_error"] = str(error)
+    return record
+
+
+def plain_fully_shard_of_a_4bit_model(rank: int) -> str | None:
+    """``fully_shard`` without ``ignored_params`` on a 4-bit base: the clear error, not bitsandbytes' assertion."""
+    import peft
+    from torch.distributed.fsdp import fully_shard
+
+    import peft_vision_ext  # noqa: F401
+
+    model = peft.get_peft_model(build("lora-4bit"), config("lora-4bit"))
+    fully_shard(model)
+    try:
+        model(data(0)[0][rank * 2:rank * 2 + 2])
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
 def main() -> None:
     import torch.distributed as dist
 
@@ -134,6 +231,11 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         record = train(case, rank, world, out)
         (out / f"rank{rank}.json").write_text(json.dumps(record))
+    callback_out = args.out / "adalora-callback"
+    callback_out.mkdir(exist_ok=True)
+    (callback_out / f"rank{rank}.json").write_text(json.dumps(adalora_callback(rank, world, callback_out)))
+    refusals = {**fsdp1_refusals(rank), "plain_fully_shard_4bit_error": plain_fully_shard_of_a_4bit_model(rank)}
+    (args.out / f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
     dist.destroy_process_group()
 
 

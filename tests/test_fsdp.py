@@ -89,3 +89,52 @@ def test_fsdp2_adalora_masks_the_same_singular_values_everywhere(case, sharded_r
     assert kept == config.target_r * len(patterns[0]), "the final budget: target_r per layer on average"
     reference = fsdp_worker.train(case)
     assert patterns[0] == reference["rank_pattern"], "the same allocation as one process with the same global batch"
+
+
+def test_fsdp1_is_refused_with_the_fsdp2_alternative(sharded_runs):
+    """FSDP1 flattens parameters: LoRA trains, but AdaLoRA's allocation and save_adapter refuse (naming FSDP2)
+    instead of PEFT's ``TypeError`` on the process that holds none of a factor."""
+    for rank in (0, 1):
+        record = json.loads((sharded_runs / f"refusals_rank{rank}.json").read_text())
+        assert record["lora_loss"] > 0 and record["adalora_loss"] > 0
+        assert "FSDP1" in record["adalora_error"] and "shard_model" in record["adalora_error"]
+        for case in ("lora", "adalora"):
+            assert "FSDP1" in record[f"{case}_save_error"] and "fsdp_version: 2" in record[f"{case}_save_error"]
+
+
+def test_sharding_4bit_weights_names_the_fix(sharded_runs):
+    """Plain ``fully_shard`` on a 4-bit base (quantized weights not ignored): an error that says what to do."""
+    for rank in (0, 1):
+        message = json.loads((sharded_runs / f"refusals_rank{rank}.json").read_text())["plain_fully_shard_4bit_error"]
+        assert message and "quantized_parameters" in message and "shard_model" in message
+
+
+def test_a_4bit_layer_without_quantization_state_raises_before_bitsandbytes():
+    """The same check in one process: a Linear4bit whose weight became a plain parameter (as FSDP's gather leaves it)."""
+    import peft_vision_ext as pve
+
+    model = fsdp_worker.build("lora-4bit")
+    layer = model.blocks[0].attn.qkv
+    assert type(layer.weight).__name__ == "Params4bit"
+    with torch.no_grad():
+        before = model(fsdp_worker.eval_inputs())
+    layer.weight = torch.nn.Parameter(layer.weight.data, requires_grad=False)
+    with pytest.raises(RuntimeError, match="ignored_params=peft_vision_ext.distributed.quantized_parameters"):
+        model(fsdp_worker.eval_inputs())
+    assert pve.distributed.quantized_parameters(model) and before.isfinite().all()
+
+
+def test_adalora_callback_allocates_checkpoints_and_resumes_sharded(sharded_runs):
+    out = sharded_runs / "adalora-callback"
+    records = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert records[0]["rank_pattern"] and records[0]["rank_pattern"] == records[1]["rank_pattern"]
+    checkpoint = out / "checkpoint-4"
+    assert sorted(p.name for p in checkpoint.glob("adalora_rank_allocator*")) == [
+        "adalora_rank_allocator.rank0-of-2.pt", "adalora_rank_allocator.rank1-of-2.pt"]
+    for record in records:  # each process restored its own rows' statistics
+        assert record["saved_ipt"] and record["restored_ipt"] == record["saved_ipt"]
+    assert records[0]["saved_ipt"] != records[1]["saved_ipt"], "the processes hold different rows"
+    # the checkpoint's adapter is written whole and unpruned (masked singular values included), loadable in one process
+    reloaded = peft.PeftModel.from_pretrained(fsdp_worker.build("adalora"), str(checkpoint))
+    init_r = fsdp_worker.config("adalora").init_r
+    assert all(m.lora_E["default"].shape[0] == init_r for m in reloaded.modules() if hasattr(m, "lora_E"))

@@ -20,10 +20,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..distributed.save import save_adapter
 from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .ranks import rank_pattern_table
 from .regularization import add_orthogonal_regularization_grad, find_adalora_tuner
 from .schedule import ScheduleMode, apply_schedule, schedule_of
+from .sharded import has_sharded_adapter
 
 logger = logging.getLogger("peft_vision_ext")
 
@@ -64,6 +66,16 @@ def check_ranks_in_sync(tuner: Any, args: Any) -> None:
             "trainer.evaluate() before trainer.train() makes accelerate treat the model as prepared and skip the "
             "DistributedDataParallel wrapper (transformers 4.57-5.24, accelerate 1.15). Evaluate after training, or "
             "with your own loop, instead.")
+
+
+def _state_file(tuner: Any) -> str:
+    """STATE_FILE, or one file per process when the adapter is sharded (FSDP2)."""
+    import torch.distributed as dist
+
+    if not has_sharded_adapter(tuner.model, tuner.trainable_adapter_name):
+        return STATE_FILE
+    stem, extension = os.path.splitext(STATE_FILE)
+    return f"{stem}.rank{dist.get_rank()}-of-{dist.get_world_size()}{extension}"
 
 
 class AdaLoraCallback(TrainerCallback):
@@ -111,11 +123,12 @@ class AdaLoraCallback(TrainerCallback):
         if checkpoint is None and state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if checkpoint is not None:
-            path = os.path.join(checkpoint, STATE_FILE)
+            path = os.path.join(checkpoint, _state_file(tuner))
             if not os.path.exists(path):
                 raise FileNotFoundError(
                     f"AdaLoraCallback: resuming at step {state.global_step} but {path} is missing; rank allocation "
-                    "cannot continue exactly. Pass resume_from_checkpoint=... to the callback."
+                    "cannot continue exactly. Pass resume_from_checkpoint=... to the callback (a sharded run resumes "
+                    "from a sharded checkpoint with the same number of processes)."
                 )
             load_rank_allocator_state(tuner, torch.load(path, map_location="cpu", weights_only=False))
             self.schedule = schedule_of(config)  # the interrupted run's schedule, restored with the allocator
@@ -149,17 +162,23 @@ class AdaLoraCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)
-        if tuner is not None and state.is_world_process_zero:
-            logger.info("AdaLoRA ranks at the end of training:\n%s",
-                        rank_pattern_table(tuner, tuner.trainable_adapter_name))
+        if tuner is None:
+            return
+        table = rank_pattern_table(tuner, tuner.trainable_adapter_name)  # every process: sharded E are gathered
+        if state.is_world_process_zero:
+            logger.info("AdaLoRA ranks at the end of training:\n%s", table)
 
     def on_save(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)
-        if tuner is None or not state.is_world_process_zero:
+        if tuner is None:
+            return
+        sharded = has_sharded_adapter(tuner.model, tuner.trainable_adapter_name)
+        if not (sharded or state.is_world_process_zero):
             return
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(checkpoint, exist_ok=True)
-        torch.save(rank_allocator_state(tuner), os.path.join(checkpoint, STATE_FILE))
+        # Sharded (FSDP2): each process holds the importance statistics of its own rows and saves them to its own file.
+        torch.save(rank_allocator_state(tuner), os.path.join(checkpoint, _state_file(tuner)))
         # PEFT saves AdaLoRA adapters pruned to the current rank pattern. Mid-training that loses the masked
         # ranks (the allocator may revive them) and the pruned tensors no longer fit the model Trainer resumes
         # into. Re-save the checkpoint's adapter unpruned (masked ranks have E == 0: same outputs); the pattern
@@ -168,6 +187,9 @@ class AdaLoraCallback(TrainerCallback):
         config = tuner.peft_config[tuner.trainable_adapter_name]
         pattern, config.rank_pattern = config.rank_pattern, None
         try:
-            peft_model.save_pretrained(checkpoint, selected_adapters=[tuner.trainable_adapter_name])
+            if sharded:  # every process takes part; process 0 writes
+                save_adapter(peft_model, checkpoint, selected_adapters=[tuner.trainable_adapter_name])
+            else:
+                peft_model.save_pretrained(checkpoint, selected_adapters=[tuner.trainable_adapter_name])
         finally:
             config.rank_pattern = pattern

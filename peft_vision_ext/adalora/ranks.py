@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..distributed.shards import is_dtensor
+
 
 @dataclass(frozen=True)
 class LayerRank:
@@ -33,6 +35,8 @@ def layer_ranks(model: Any, adapter: str | None = None) -> list[LayerRank]:
         if singular_values is None or adapter not in singular_values:
             continue
         values = singular_values[adapter]
+        if is_dtensor(values):  # FSDP2: r values, gathered (collective: every process must list the ranks)
+            values = values.full_tensor()
         kept = pattern.get(f"{path}.lora_E.{adapter}", pattern.get(f"{path}.lora_E"))
         rows.append(LayerRank(path, type(module).__name__, int(values.shape[0]), int((values != 0).sum()),
                               None if kept is None else int(sum(kept))))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed.shards import RowShard, is_dtensor, local_tensor, row_shard
+from ..distributed.shards import RowShard, is_dtensor, is_fsdp1, local_tensor, row_shard
 
 _ROWS = {"lora_E": 0, "lora_A": 1, "lora_B": 2}  # rows of the score buffer
 
@@ -32,7 +32,15 @@ def _adapter_parameters(model: nn.Module, adapter: str) -> list[tuple[str, nn.Pa
 
 
 def has_sharded_adapter(model: nn.Module, adapter: str) -> bool:
-    return any(is_dtensor(p) for _, p in _adapter_parameters(model, adapter))
+    """True for FSDP2-sharded adapters (DTensors); raises for FSDP1, whose flat shards lose the factors' shapes."""
+    parameters = _adapter_parameters(model, adapter)
+    if any(getattr(p, "_fsdp_flattened", False) for _, p in parameters) or is_fsdp1(model):
+        raise RuntimeError(
+            "AdaLoRA rank allocation under FSDP1 (FullyShardedDataParallel) is not supported: FSDP1 flattens the "
+            "adapter's factors into flat shards, so their rows and columns (AdaLoRA's singular values) cannot be "
+            "scored. Shard with FSDP2 instead: peft_vision_ext.distributed.shard_model(model) or "
+            "torch.distributed.fsdp.fully_shard; with accelerate, fsdp_version: 2 in the FSDP config.")
+    return any(is_dtensor(p) for _, p in parameters)
 
 
 def update_ipt(allocator: Any, model: nn.Module) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .shards import is_dtensor
+from .shards import is_dtensor, is_fsdp1
 
 
 def _peft_model(model: nn.Module) -> Any:
@@ -76,6 +76,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwa
 
     from ..hub.metadata import PRECOMPUTED_BASE, is_vision_model
 
+    if is_fsdp1(model):
+        raise RuntimeError(
+            "save_adapter: FSDP1 (FullyShardedDataParallel) models are not supported (their state-dict hooks reject "
+            "the plugin's fused-qkv LoRA factors, and flat shards hide the adapter's shapes). Shard with FSDP2: "
+            "peft_vision_ext.distributed.shard_model(model) or torch's fully_shard; accelerate: fsdp_version: 2.")
     peft_model = _peft_model(model)
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0

@@ -22,6 +22,15 @@ def is_dtensor(tensor: Any) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def is_fsdp1(model: torch.nn.Module) -> bool:
+    """True when ``model`` is or contains a FullyShardedDataParallel (FSDP1) module."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:
+        return False
+    return any(isinstance(module, FullyShardedDataParallel) for module in model.modules())
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The process-local part of ``tensor`` (the tensor itself when it is not a DTensor)."""
     return tensor.to_local() if is_dtensor(tensor) else tensor

@@ -31,6 +31,7 @@ def _buffered_where_it_applies(original: Callable[..., Any]) -> Callable[..., An
     def forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         from ..quantization.buffered_4bit import buffered_forward, takes_buffered_path
 
+        _refuse_lost_quant_state(self)
         if not args and not kwargs:
             fix = getattr(sys.modules.get("bitsandbytes.nn.modules"), "fix_4bit_weight_quant_state_from_module", None)
             if fix is not None:
@@ -40,3 +41,18 @@ def _buffered_where_it_applies(original: Callable[..., Any]) -> Callable[..., An
         return original(self, x, *args, **kwargs)
 
     return forward
+
+
+def _refuse_lost_quant_state(layer: Any) -> None:
+    """A Linear4bit whose weight is a plain tensor without quantization state cannot compute; bitsandbytes would fail
+    with "quant_state is required". The known cause is FSDP: ``fully_shard`` gathers the packed weight into a plain
+    parameter at forward, dropping the ``Params4bit`` object that carried the state."""
+    weight = layer.weight
+    if type(weight).__name__ == "Params4bit" or getattr(weight, "quant_state", None) is not None \
+            or getattr(layer, "quant_state", None) is not None:
+        return
+    raise RuntimeError(
+        "bitsandbytes Linear4bit: its 4-bit weight arrived as a plain tensor without quantization state, which "
+        "happens when FSDP (fully_shard) shards quantized weights. Keep them out of sharding: "
+        "peft_vision_ext.distributed.shard_model(model), or fully_shard(..., "
+        "ignored_params=peft_vision_ext.distributed.quantized_parameters(model)).")
