@@ -12,6 +12,7 @@ Measured on every rank (the tables show the larger of the two ranks; the JSON ke
   step (parameters, buffers, gradients, optimizer state, DDP buckets, the batch) plus the highest rise of live CPU
   tensor bytes during one training step, from the profiler's allocation events (``tensor_peak_bytes`` of
   quantized_vit_memory.py). Memory that is not a torch tensor (gloo's own buffers, the allocator's slack) is not seen.
+  Cross-check in the JSON: the bytes of every tensor the garbage collector sees before the step.
 - RSS: the process's peak resident set (``getrusage`` ru_maxrss: the whole life of the process, model construction
   included, and FSDP2 builds the whole model on every rank before sharding it) and the current RSS (/proc/self/statm)
   before and after the timed steps; about 0.9 GB of it are libraries.
@@ -108,6 +109,15 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return storage_bytes(value for state in optimizer.state.values() for value in state.values())
 
 
+def python_tensor_bytes() -> int:
+    """Bytes of the distinct storages of every tensor the garbage collector sees: a cross-check of the accounting
+    above (DDP's buckets are held in C++ and not seen)."""
+    import gc
+
+    gc.collect()
+    return storage_bytes(obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
 def ddp_bucket_bytes(model: nn.Module) -> int:
     """The gradient buckets DDP keeps besides ``param.grad`` (gradient_as_bucket_view off), as DDP reports them."""
     if not isinstance(model, nn.parallel.DistributedDataParallel):
@@ -193,7 +203,7 @@ def measure(variant: str, args: argparse.Namespace, rank: int) -> dict[str, Any]
              "optimizer_state_bytes": optimizer_state_bytes(optimizer), "ddp_bucket_bytes": ddp_bucket_bytes(model),
              "batch_bytes": storage_bytes([x, y]),
              "gradients_before_step_bytes": storage_bytes(p.grad for p in model.parameters())}  # 0: set_to_none
-    record.update(alive, alive_before_bytes=sum(alive.values()))
+    record.update(alive, alive_before_bytes=sum(alive.values()), python_tensor_bytes=python_tensor_bytes())
     record["step_increase_bytes"] = tensor_peak_bytes(step)  # last: the profiler's own cost counts nowhere
     record["tensor_peak_bytes"] = record["alive_before_bytes"] + record["step_increase_bytes"]
     return record
@@ -295,7 +305,8 @@ def table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], args: ar
               f"{_mib(r['alive_before_bytes'])} | {_mib(r['tensor_peak_bytes'])} | {_mib(r['rss_peak_bytes'])} | "
               f"{_mib(r['rss_after_bytes'])} | {r['step_s']:.3f} | {'yes' if r['sharded_as_expected'] else 'NO'} |"
               for r in rows]
-    lines += ["", "| FSDP2 / DDP | tensor peak | peak RSS | s / step | goal |", "|---|---:|---:|---:|---|"]
+    if ratio_rows:
+        lines += ["", "| FSDP2 / DDP | tensor peak | peak RSS | s / step | goal |", "|---|---:|---:|---:|---|"]
     for entry in ratio_rows:
         goal = entry["goal"]
         label = {"tensor_peak_bytes": "tensor peak", "step_s": "s / step"}[goal["measure"]]
@@ -312,7 +323,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "backend": "gloo", "threads_per_process": 1, "optimizer": "AdamW", "lr": LR, "lora": "LoraConfig(r=16)",
             "model": "vit_base_patch16_224, num_classes=10, random init", "seed": SEED, "quick": quick,
             "tensor_peak": "alive before the step + peak rise of profiler allocation events during one step",
-            "table_values": "max over ranks"}
+            "table_values": "max over ranks",
+            "malloc_environment": {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")}}
 
 
 def write(payload: dict[str, Any], output: Path | None) -> Path:
