@@ -1,8 +1,9 @@
 """Per-process memory and step time of training a timm ViT-B/16 with 2 CPU processes over gloo: DDP
 (``DistributedDataParallel``) vs FSDP2 (``peft_vision_ext.distributed.shard_model``: ``fully_shard`` on every
 transformer block, then on the root), for full fine-tuning and for LoRA (``peft.LoraConfig(r=16)`` with the plugin's
-vision defaults: qkv targeted, the head in modules_to_save). Four variants (full-DDP, full-FSDP2, lora-DDP,
-lora-FSDP2), each in its own ``torch.distributed.run`` launch of this file: fresh processes, one torch thread each
+vision defaults: qkv targeted, the head in modules_to_save). Five variants (full-DDP, full-FSDP2, lora-DDP,
+lora-FSDP2, and lora-FSDP2-keep: ``reshard_after_forward=False``, the blocks stay gathered from forward to backward),
+each in its own ``torch.distributed.run`` launch of this file: fresh processes, one torch thread each
 (OMP_NUM_THREADS=1), random init (no download), random inputs with a fixed seed per rank, AdamW, one warm-up step,
 then the timed steps.
 
@@ -48,7 +49,9 @@ import torch
 from torch import nn
 
 VARIANTS = {"full-DDP": ("full", "ddp"), "full-FSDP2": ("full", "fsdp2"), "lora-DDP": ("lora", "ddp"),
-            "lora-FSDP2": ("lora", "fsdp2")}
+            "lora-FSDP2": ("lora", "fsdp2"),
+            # the blocks stay gathered from forward to backward: one all-gather of the frozen base per step, not two
+            "lora-FSDP2-keep": ("lora", "fsdp2-keep")}
 REGIMES = {"full": "full FT", "lora": "LoRA r=16"}
 DEFAULTS = {"steps": 3, "batch": 4, "image_size": 224}
 GOALS = {"full": ("tensor_peak_bytes", 0.6), "lora": ("step_s", 1.2)}  # regime -> (measure, FSDP2 / DDP at most)
@@ -86,7 +89,7 @@ def wrap(model: nn.Module, strategy: str) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model)
     from peft_vision_ext.distributed import shard_model
 
-    return shard_model(model)
+    return shard_model(model, reshard_after_forward=strategy != "fsdp2-keep")
 
 
 def storage_bytes(tensors: Iterable[Any]) -> int:
@@ -136,7 +139,7 @@ def sharding(model: nn.Module, strategy: str) -> dict[str, Any]:
     whole = sum(p.numel() for _, p in trainable)
     held_whole = [name for name, p in dtensors if local_tensor(p).numel() >= p.numel()]
     splittable_held_whole = [name for name, p in dtensors if name in held_whole and p.shape[0] > 1]
-    if strategy == "fsdp2":
+    if strategy.startswith("fsdp2"):
         ok = bool(trainable) and len(dtensors) == len(trainable) and local < whole and not splittable_held_whole
     else:
         ok = isinstance(model, nn.parallel.DistributedDataParallel) and not dtensors and local == whole
@@ -256,7 +259,7 @@ def launch(variant: str, args: argparse.Namespace, folder: Path) -> list[dict[st
 def sharded_as_expected(variant: str, ranks: list[dict[str, Any]]) -> bool:
     shards = [r["sharding"] for r in ranks]
     ok = all(s["ok"] for s in shards)
-    if VARIANTS[variant][1] == "fsdp2":  # the ranks' parts make up the whole, each element held once
+    if VARIANTS[variant][1].startswith("fsdp2"):  # the ranks' parts make up the whole, each element held once
         ok = ok and sum(s["local_elements"] for s in shards) == shards[0]["global_elements"]
     return ok
 
@@ -276,11 +279,11 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """FSDP2 / DDP per regime (where both ran) for tensor peak, peak RSS and step time; the regime's goal checked."""
     by_name = {row["variant"]: row for row in rows}
     result = []
-    for regime in REGIMES:
-        ddp, fsdp = by_name.get(f"{regime}-DDP"), by_name.get(f"{regime}-FSDP2")
+    for regime, suffix in [(regime, suffix) for regime in REGIMES for suffix in ("FSDP2", "FSDP2-keep")]:
+        ddp, fsdp = by_name.get(f"{regime}-DDP"), by_name.get(f"{regime}-{suffix}")
         if ddp is None or fsdp is None:
             continue
-        entry: dict[str, Any] = {"regime": regime}
+        entry: dict[str, Any] = {"regime": regime, "variant": fsdp["variant"]}
         for key in ("tensor_peak_bytes", "rss_peak_bytes", "step_s"):
             entry[key] = fsdp[key] / ddp[key]
         measure, limit = GOALS[regime]
@@ -306,11 +309,12 @@ def table(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], args: ar
               f"{_mib(r['rss_after_bytes'])} | {r['step_s']:.3f} | {'yes' if r['sharded_as_expected'] else 'NO'} |"
               for r in rows]
     if ratio_rows:
-        lines += ["", "| FSDP2 / DDP | tensor peak | peak RSS | s / step | goal |", "|---|---:|---:|---:|---|"]
+        lines += ["", "| FSDP2 / DDP (variant) | tensor peak | peak RSS | s / step | goal |",
+                  "|---|---:|---:|---:|---|"]
     for entry in ratio_rows:
         goal = entry["goal"]
         label = {"tensor_peak_bytes": "tensor peak", "step_s": "s / step"}[goal["measure"]]
-        lines.append(f"| {REGIMES[entry['regime']]} | {entry['tensor_peak_bytes']:.2f}x | "
+        lines.append(f"| {REGIMES[entry['regime']]} ({entry['variant']}) | {entry['tensor_peak_bytes']:.2f}x | "
                      f"{entry['rss_peak_bytes']:.2f}x | {entry['step_s']:.2f}x | {label} <= {goal['at_most']:.2f}x: "
                      f"{'met' if goal['met'] else 'missed'} |")
     return "\n".join(lines)

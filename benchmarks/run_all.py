@@ -23,6 +23,7 @@ BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "adalora-vision": ("adalora_vision.py", [], ["--quick"]),
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
     "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "1"]),
+    "fsdp-memory": ("fsdp_memory.py", [], ["--image-size", "64", "--batch", "2", "--steps", "1"]),
     "overhead": ("overhead.py", [], ["--quick"]),
     "cpu-paths": ("cpu_paths.py", [], ["--quick"]),
 }

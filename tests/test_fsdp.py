@@ -72,12 +72,16 @@ def test_fsdp2_trains_like_one_process_and_saves_a_reloadable_adapter(case, shar
     torch.testing.assert_close(torch.tensor(records[0]["eval_logits"]), torch.tensor(reference["eval_logits"]),
                                rtol=0, atol=atol)
 
-    reloaded = peft.PeftModel.from_pretrained(fsdp_worker.build(case), str(sharded_runs / case / "adapter")).eval()
+    # load_adapter checks the base fingerprint save_adapter computed from the sharded base against this fresh base
+    reloaded = peft_vision_ext.load_adapter(str(sharded_runs / case / "adapter"), base_model=fsdp_worker.build(case))
+    reloaded.eval()
     with torch.no_grad():
         logits = reloaded(fsdp_worker.eval_inputs())
     torch.testing.assert_close(logits, torch.tensor(records[0]["eval_logits"]), rtol=0, atol=atol)
     saved = json.loads((sharded_runs / case / "adapter" / "adapter_config.json").read_text())
     assert saved["modules_to_save"], "the task head is trained and saved"
+    card = json.loads((sharded_runs / case / "adapter" / "peft_vision_ext.json").read_text())
+    assert card["base_fingerprint"] and card["heads"], "the vision model card describes the whole, unsharded base"
 
 
 @pytest.mark.parametrize("case", [c for c in fsdp_worker.CASES if c.startswith("adalora")])
