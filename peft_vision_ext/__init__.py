@@ -8,8 +8,11 @@ see :mod:`peft_vision_ext.peft_hooks`). Afterwards plain PEFT understands vision
 from __future__ import annotations
 
 # noise first: it installs its log filters before peft_hooks imports PEFT, which imports bitsandbytes.
-from . import noise, peft_hooks  # noqa: F401
-from . import distributed  # noqa: F401  (pve.distributed.shard_model / save_adapter)
+from . import (  # noqa: F401
+    distributed,  # noqa: F401  (pve.distributed.shard_model / save_adapter)
+    noise,
+    peft_hooks,
+)
 from .adalora import use_adalora_init
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (

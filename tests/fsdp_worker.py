@@ -164,6 +164,36 @@ def adalora_callback(rank: int, world: int, out: Path) -> dict:
     return record
 
 
+def trainer_style_save(rank: int, out: Path) -> dict:
+    """What Trainer does under FSDP2 (through accelerate): gather a full state dict on every process, then
+    ``save_pretrained(state_dict=...)`` on process 0 alone. And a plain ``save_pretrained`` without one (refused)."""
+    import peft
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from peft_vision_ext.distributed import shard_model
+
+    model = shard_model(peft.get_peft_model(build("lora"), config("lora")))
+    images, labels = data(0)
+    torch.nn.functional.cross_entropy(model(images[rank * 2:rank * 2 + 2]), labels[rank * 2:rank * 2 + 2]).backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:  # a visible, deterministic change from the initial adapter
+                parameter.add_(0.01)
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        model.save_pretrained(str(out / "adapter"), state_dict=full)
+    dist.barrier()
+    record: dict = {}
+    with torch.no_grad():
+        record["eval_logits"] = model(eval_inputs()).tolist()
+    try:
+        model.save_pretrained(str(out / "shards"))
+    except RuntimeError as error:
+        record["save_without_state_dict_error"] = str(error)
+    return record
+
+
 def fsdp1_refusals(rank: int) -> dict:
     """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA trains, while AdaLoRA's allocation and save_adapter
     refuse with a message naming FSDP2; returns the messages and the losses."""
@@ -234,6 +264,9 @@ def main() -> None:
     callback_out = args.out / "adalora-callback"
     callback_out.mkdir(exist_ok=True)
     (callback_out / f"rank{rank}.json").write_text(json.dumps(adalora_callback(rank, world, callback_out)))
+    trainer_out = args.out / "trainer-style-save"
+    trainer_out.mkdir(exist_ok=True)
+    (trainer_out / f"rank{rank}.json").write_text(json.dumps(trainer_style_save(rank, trainer_out)))
     refusals = {**fsdp1_refusals(rank), "plain_fully_shard_4bit_error": plain_fully_shard_of_a_4bit_model(rank)}
     (args.out / f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
     dist.destroy_process_group()

@@ -142,3 +142,22 @@ def test_adalora_callback_allocates_checkpoints_and_resumes_sharded(sharded_runs
     reloaded = peft.PeftModel.from_pretrained(fsdp_worker.build("adalora"), str(checkpoint))
     init_r = fsdp_worker.config("adalora").init_r
     assert all(m.lora_E["default"].shape[0] == init_r for m in reloaded.modules() if hasattr(m, "lora_E"))
+
+
+def test_trainer_style_save_of_a_sharded_model(sharded_runs):
+    """Trainer under FSDP2 gathers a full state dict everywhere, then process 0 alone calls
+    ``save_pretrained(state_dict=...)``: the vision card is made from that state dict (reading the shards on one
+    process would hang) and the adapter reloads with a matching base fingerprint. Without a state dict, every process
+    is told to use save_adapter instead of writing its shards."""
+    out = sharded_runs / "trainer-style-save"
+    records = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    reloaded = peft_vision_ext.load_adapter(str(out / "adapter"), base_model=fsdp_worker.build("lora")).eval()
+    with torch.no_grad():
+        logits = reloaded(fsdp_worker.eval_inputs())
+    torch.testing.assert_close(logits, torch.tensor(records[0]["eval_logits"]), rtol=0, atol=1e-5)
+    untrained = peft.get_peft_model(fsdp_worker.build("lora"), fsdp_worker.config("lora")).eval()
+    with torch.no_grad():
+        assert not torch.allclose(untrained(fsdp_worker.eval_inputs()), logits, atol=1e-4), "the trained adapter"
+    for record in records:
+        assert "save_adapter" in record["save_without_state_dict_error"]
+    assert not (out / "shards").exists()

@@ -183,16 +183,33 @@ def fingerprint(state: dict[str, torch.Tensor], skip_prefixes: list[str]) -> dic
     return prints
 
 
-def base_state_of_peft_model(peft_model: Any) -> dict[str, torch.Tensor]:
-    """The bare base model's state dict inside a PeftModel: adapter tensors out, ``base_layer`` unwrapped."""
+def base_state_of_peft_model(peft_model: Any, state_dict: dict[str, torch.Tensor] | None = None
+                             ) -> dict[str, torch.Tensor]:
+    """The bare base model's state dict inside a PeftModel: adapter tensors out, ``base_layer`` unwrapped.
+
+    ``state_dict``: the PeftModel's full state dict (keys ``base_model.model.*``, as Trainer gathers it under FSDP) to
+    read instead of the model's own tensors.
+    """
     adapter_names = set(peft_model.peft_config)
+    if state_dict is None:
+        items = peft_model.get_base_model().state_dict().items()
+    else:
+        prefix = "base_model.model."
+        items = ((name[len(prefix):], tensor) for name, tensor in state_dict.items() if name.startswith(prefix))
     state = {}
-    for name, tensor in peft_model.get_base_model().state_dict().items():
+    for name, tensor in items:
         parts = name.split(".")
         if adapter_names.intersection(parts) or any(p in _WRAPPER_PARTS for p in parts):
             continue
         state[".".join(p for p in parts if p != "base_layer")] = tensor
     return state
+
+
+def precomputed_base(peft_model: Any, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The :data:`PRECOMPUTED_BASE` record (shapes, fingerprint) of the base in a full ``state_dict`` of the model."""
+    state = base_state_of_peft_model(peft_model, state_dict)
+    return {"shapes": {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in state.items()},
+            "fingerprint": fingerprint(state, list(heads_of(peft_model)))}
 
 
 def heads_of(peft_model: Any) -> dict[str, nn.Module]:

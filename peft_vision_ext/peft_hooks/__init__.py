@@ -31,6 +31,7 @@ from .fused_slices import _install_fused_slices
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
 from .model_card import _install_vision_model_card
+from .sharded_save import _install_sharded_save
 from .weight_routing import _install_weight_routing
 
 __all__ = [
@@ -155,6 +156,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_fused_slices,
+    ),
+    Hook(  # after fused-qkv-slices: both wrap PeftModel.save_pretrained, this one outside
+        name="sharded-save",
+        why="save_pretrained on an FSDP-sharded model: the vision card reads the full state dict Trainer passes "
+            "(reading the base's shards on one process hangs); without one, refused (PEFT would save shards)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_sharded_save,
     ),
 )
 
