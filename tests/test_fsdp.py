@@ -114,7 +114,8 @@ def test_sharding_4bit_weights_names_the_fix(sharded_runs):
 
 
 def test_a_4bit_layer_without_quantization_state_raises_before_bitsandbytes():
-    """The same check in one process: a Linear4bit whose weight became a plain parameter (as FSDP's gather leaves it)."""
+    """The same check in one process: a Linear4bit whose weight became a plain parameter (as FSDP's gather leaves
+    it)."""
     import peft_vision_ext as pve
 
     model = fsdp_worker.build("lora-4bit")

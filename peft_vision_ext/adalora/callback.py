@@ -68,11 +68,11 @@ def check_ranks_in_sync(tuner: Any, args: Any) -> None:
             "with your own loop, instead.")
 
 
-def _state_file(tuner: Any) -> str:
+def _state_file(sharded: bool) -> str:
     """STATE_FILE, or one file per process when the adapter is sharded (FSDP2)."""
     import torch.distributed as dist
 
-    if not has_sharded_adapter(tuner.model, tuner.trainable_adapter_name):
+    if not sharded:
         return STATE_FILE
     stem, extension = os.path.splitext(STATE_FILE)
     return f"{stem}.rank{dist.get_rank()}-of-{dist.get_world_size()}{extension}"
@@ -123,7 +123,8 @@ class AdaLoraCallback(TrainerCallback):
         if checkpoint is None and state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if checkpoint is not None:
-            path = os.path.join(checkpoint, _state_file(tuner))
+            sharded = has_sharded_adapter(tuner.model, tuner.trainable_adapter_name)
+            path = os.path.join(checkpoint, _state_file(sharded))
             if not os.path.exists(path):
                 raise FileNotFoundError(
                     f"AdaLoraCallback: resuming at step {state.global_step} but {path} is missing; rank allocation "
@@ -178,7 +179,7 @@ class AdaLoraCallback(TrainerCallback):
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         os.makedirs(checkpoint, exist_ok=True)
         # Sharded (FSDP2): each process holds the importance statistics of its own rows and saves them to its own file.
-        torch.save(rank_allocator_state(tuner), os.path.join(checkpoint, _state_file(tuner)))
+        torch.save(rank_allocator_state(tuner), os.path.join(checkpoint, _state_file(sharded)))
         # PEFT saves AdaLoRA adapters pruned to the current rank pattern. Mid-training that loses the masked
         # ranks (the allocator may revive them) and the pruned tensors no longer fit the model Trainer resumes
         # into. Re-save the checkpoint's adapter unpruned (masked ranks have E == 0: same outputs); the pattern
