@@ -194,9 +194,10 @@ def trainer_style_save(rank: int, out: Path) -> dict:
     return record
 
 
-def fsdp1_refusals(rank: int) -> dict:
-    """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA trains, while AdaLoRA's allocation and save_adapter
-    refuse with a message naming FSDP2; returns the messages and the losses."""
+def fsdp1(rank: int, out: Path) -> dict:
+    """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA (fused-qkv slices: the timm ViT default) trains
+    and save_adapter writes it (out/fsdp1-lora), while AdaLoRA's allocation refuses, naming FSDP2; returns the
+    losses, the LoRA model's eval logits and the message."""
     import peft
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -221,10 +222,10 @@ def fsdp1_refusals(rank: int) -> dict:
                 model.base_model.update_and_allocate(2)  # a masking step
             except RuntimeError as error:
                 record["adalora_error"] = str(error)
-        try:
-            save_adapter(wrapped, "unused")
-        except RuntimeError as error:
-            record[f"{case}_save_error"] = str(error)
+        else:
+            save_adapter(wrapped, out / "fsdp1-lora")
+            with torch.no_grad():
+                record["lora_eval_logits"] = wrapped(eval_inputs()).tolist()
     return record
 
 
@@ -267,7 +268,7 @@ def main() -> None:
     trainer_out = args.out / "trainer-style-save"
     trainer_out.mkdir(exist_ok=True)
     (trainer_out / f"rank{rank}.json").write_text(json.dumps(trainer_style_save(rank, trainer_out)))
-    refusals = {**fsdp1_refusals(rank), "plain_fully_shard_4bit_error": plain_fully_shard_of_a_4bit_model(rank)}
+    refusals = {**fsdp1(rank, args.out), "plain_fully_shard_4bit_error": plain_fully_shard_of_a_4bit_model(rank)}
     (args.out / f"refusals_rank{rank}.json").write_text(json.dumps(refusals))
     dist.destroy_process_group()
 

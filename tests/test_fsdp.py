@@ -8,6 +8,7 @@ training in this process without sharding (same global batch): losses, AdaLoRA's
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,15 +96,25 @@ def test_fsdp2_adalora_masks_the_same_singular_values_everywhere(case, sharded_r
     assert patterns[0] == reference["rank_pattern"], "the same allocation as one process with the same global batch"
 
 
-def test_fsdp1_is_refused_with_the_fsdp2_alternative(sharded_runs):
-    """FSDP1 flattens parameters: LoRA trains, but AdaLoRA's allocation and save_adapter refuse (naming FSDP2)
+def test_fsdp1_lora_saves_and_adalora_is_refused_with_the_fsdp2_alternative(sharded_runs):
+    """FSDP1 flattens parameters: LoRA (with the fused-qkv slices FSDP1's state-dict hooks once rejected) trains and
+    saves an adapter that reloads with the wrapped model's outputs; AdaLoRA's allocation refuses (naming FSDP2)
     instead of PEFT's ``TypeError`` on the process that holds none of a factor."""
-    for rank in (0, 1):
-        record = json.loads((sharded_runs / f"refusals_rank{rank}.json").read_text())
+    records = [json.loads((sharded_runs / f"refusals_rank{rank}.json").read_text()) for rank in (0, 1)]
+    for record in records:
         assert record["lora_loss"] > 0 and record["adalora_loss"] > 0
         assert "FSDP1" in record["adalora_error"] and "shard_model" in record["adalora_error"]
-        for case in ("lora", "adalora"):
-            assert "FSDP1" in record[f"{case}_save_error"] and "fsdp_version: 2" in record[f"{case}_save_error"]
+    assert records[0]["lora_eval_logits"] == records[1]["lora_eval_logits"]
+    folder = sharded_runs / "fsdp1-lora"
+    from safetensors.torch import load_file
+
+    saved = load_file(folder / "adapter_model.safetensors")
+    assert not [key for key in saved if re.search(r"\.block\d+$", key)], "FSDP1's extra fused-slices keys dropped"
+    assert any("lora_A" in key for key in saved) and any("lora_B" in key for key in saved), "the LoRA weights saved"
+    reloaded = peft_vision_ext.load_adapter(str(folder), base_model=fsdp_worker.build("lora")).eval()
+    with torch.no_grad():
+        logits = reloaded(fsdp_worker.eval_inputs())
+    torch.testing.assert_close(logits, torch.tensor(records[0]["lora_eval_logits"]), rtol=0, atol=1e-5)
 
 
 def test_sharding_4bit_weights_names_the_fix(sharded_runs):

@@ -6,6 +6,9 @@ saved adapters, modules_to_save copies included, and every trainable parameter, 
 each tensor is all-gathered in turn and only process 0 keeps it. The vision model card's base fingerprint (which
 ``load_adapter`` checks) hashes the frozen base: its tensors are gathered one at a time for that and dropped once
 hashed, so saving moves the base over the network once but never holds more than one base tensor whole.
+
+FSDP1 (``FullyShardedDataParallel``, the root passed) saves through its own full state dict, gathered unit by unit
+onto process 0 (the whole model on process 0's CPU once, as FSDP1 checkpoints do).
 """
 
 from __future__ import annotations
@@ -77,10 +80,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwa
     from ..hub.metadata import PRECOMPUTED_BASE, is_vision_model
 
     if is_fsdp1(model):
-        raise RuntimeError(
-            "save_adapter: FSDP1 (FullyShardedDataParallel) models are not supported (their state-dict hooks reject "
-            "the plugin's fused-qkv LoRA factors, and flat shards hide the adapter's shapes). Shard with FSDP2: "
-            "peft_vision_ext.distributed.shard_model(model) or torch's fully_shard; accelerate: fsdp_version: 2.")
+        _save_fsdp1(model, directory, **save_kwargs)
+        return
     peft_model = _peft_model(model)
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0
@@ -96,3 +97,21 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwa
             peft_model.__dict__.pop(PRECOMPUTED_BASE, None)
     if distributed:
         dist.barrier()
+
+
+def _save_fsdp1(model: nn.Module, directory: str | os.PathLike[str], **save_kwargs: Any) -> None:
+    """FSDP1: its own full state dict (gathered unit by unit, kept on process 0 only, on CPU), written by process 0
+    with ``save_pretrained(state_dict=...)`` (the hook sharded-save describes the base from it)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(model, FSDP):
+        raise TypeError("save_adapter under FSDP1: pass the FullyShardedDataParallel root (the model FSDP returned), "
+                        "whose state dict gathers every unit.")
+    config = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, config):
+        state = model.state_dict()
+    if dist.get_rank() == 0:
+        _peft_model(model).save_pretrained(str(directory), state_dict=state, **save_kwargs)
+    dist.barrier()

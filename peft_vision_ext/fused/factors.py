@@ -59,6 +59,15 @@ class BlockFactor(nn.Module):
 
     # The state dict holds the full matrix under ``weight``, exactly what a standard LoRA factor saves.
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        blocks = self.blocks
+        if any(getattr(block, "_fsdp_flattened", False) for block in blocks):
+            # FSDP1's state-dict hooks require every parameter they manage under its own name (they assert on a
+            # missing one); the hook sharded-save drops these keys again before an adapter is written.
+            for index, block in enumerate(blocks):
+                destination[f"{prefix}block{index}"] = block if keep_vars else block.detach()
+            whole = all(tuple(block.shape) == (r1 - r0, c1 - c0) for block, (r0, r1, c0, c1) in zip(blocks, self.spans))
+            if not whole:  # FSDP1 with rank0_only: this process holds flat shards, its state dict is dropped
+                return
         weight = self.weight
         destination[prefix + "weight"] = weight if keep_vars else weight.detach()
 

@@ -27,6 +27,7 @@ from .bnb_buffered_forward import _install_bnb_buffered_forward, patch_linear4bi
 from .bnb_cpu_packing import _install_bnb_cpu_packing, patch_linear4bit_init
 from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
+from .fsdp1_state_keys import _install_fsdp1_adapter_keys
 from .fused_slices import _install_fused_slices
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
@@ -156,6 +157,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_fused_slices,
+    ),
+    Hook(
+        name="fsdp1-adapter-keys",
+        why="PEFT's structural selection of adapter keys misses them in FSDP1 state dicts (module names carry "
+            "_fsdp_wrapped_module.): saves under FSDP1 held no LoRA weights",
+        min_peft=MIN_PEFT,  # installs only where PEFT selects by module names (_get_tuner_state_dict_key_prefixes)
+        max_peft=None,
+        install=_install_fsdp1_adapter_keys,
     ),
     Hook(  # after fused-qkv-slices: both wrap PeftModel.save_pretrained, this one outside
         name="sharded-save",

@@ -12,8 +12,10 @@ from it. Without one, PEFT would write this process's shards as if they were the
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
+_FSDP1_BLOCK = re.compile(r"\.lora_[AB]\.[^.]+\.block\d+$")
 _OWN_MARK = "__peft_vision_ext_sharded_save__"  # PeftModel.save_pretrained also carries fused-qkv-slices' wrapper
 
 
@@ -44,6 +46,8 @@ def _install_sharded_save() -> None:
                 "save_pretrained on a model sharded with FSDP would write only this process's shards of the adapter. "
                 "Call peft_vision_ext.distributed.save_adapter(model, directory) on every process (process 0 writes), "
                 "or pass state_dict= a full state dict of the model (as Trainer does).")
+        # FSDP1 full state dicts also carry the fused-slices factors' blocks (see FusedFactors._save_to_state_dict)
+        kwargs["state_dict"] = state = {key: value for key, value in state.items() if not _FSDP1_BLOCK.search(key)}
         if not is_vision_model(self.get_base_model()):
             return original(self, save_directory, *args, **kwargs)
         self.__dict__[PRECOMPUTED_BASE] = precomputed_base(self, state)
