@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..distributed.save import save_adapter
+from ..distributed.save import find_peft_model, save_adapter
 from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .ranks import rank_pattern_table
 from .regularization import add_orthogonal_regularization_grad, find_adalora_tuner
@@ -30,13 +30,6 @@ from .sharded import has_sharded_adapter
 logger = logging.getLogger("peft_vision_ext")
 
 STATE_FILE = "adalora_rank_allocator.pt"
-
-
-def _find_peft_model(model: Any) -> Any:
-    """The PeftModel inside ``model`` (possibly wrapped by DDP/accelerate as ``.module``), or ``None``."""
-    while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
-        model = getattr(model, "module", None)
-    return model
 
 
 def check_ranks_in_sync(tuner: Any, args: Any) -> None:
@@ -184,7 +177,7 @@ class AdaLoraCallback(TrainerCallback):
         # ranks (the allocator may revive them) and the pruned tensors no longer fit the model Trainer resumes
         # into. Re-save the checkpoint's adapter unpruned (masked ranks have E == 0: same outputs); the pattern
         # itself is kept in STATE_FILE and restored on resume.
-        peft_model = _find_peft_model(model)
+        peft_model = find_peft_model(model)
         config = tuner.peft_config[tuner.trainable_adapter_name]
         pattern, config.rank_pattern = config.rank_pattern, None
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .shards import is_dtensor
+from .shards import has_dtensor_parameters, is_dtensor
 
 
 def quantized_parameters(model: nn.Module) -> set[nn.Parameter]:
@@ -48,7 +48,7 @@ def shard_model(model: nn.Module, units: Iterable[nn.Module] | None = None, **fu
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("shard_model: no process group; call torch.distributed.init_process_group() first "
                            "(torchrun sets the environment for it).")
-    if any(is_dtensor(p) for p in model.parameters()):
+    if has_dtensor_parameters(model):
         raise RuntimeError("shard_model: the model is already sharded (its parameters are DTensors).")
     ignored = quantized_parameters(model) | set(fully_shard_kwargs.pop("ignored_params", None) or ())
     chosen = list(repeated_blocks(model) if units is None else units)

@@ -19,16 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .shards import is_dtensor, is_fsdp1
+from .shards import has_dtensor_parameters, is_dtensor, is_fsdp1
+
+
+def find_peft_model(model: Any) -> Any:
+    """The PeftModel inside ``model`` (possibly wrapped by DDP/FSDP1/accelerate as ``.module``), or ``None``."""
+    while model is not None and not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
+        model = getattr(model, "module", None)
+    return model
 
 
 def _peft_model(model: nn.Module) -> Any:
-    while not (hasattr(model, "peft_config") and hasattr(model, "save_pretrained")):
-        inner = getattr(model, "module", None)
-        if inner is None:
-            raise TypeError(f"save_adapter needs a PeftModel (possibly wrapped), got {type(model).__name__}")
-        model = inner
-    return model
+    found = find_peft_model(model)
+    if found is None:
+        raise TypeError(f"save_adapter needs a PeftModel (possibly wrapped), got {type(model).__name__}")
+    return found
 
 
 def _owned(key: str, adapters: list[str]) -> bool:
@@ -85,7 +90,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwa
     peft_model = _peft_model(model)
     distributed = dist.is_available() and dist.is_initialized()
     main = not distributed or dist.get_rank() == 0
-    sharded = any(is_dtensor(p) for p in peft_model.parameters())
+    sharded = has_dtensor_parameters(peft_model)
     base = _precompute_base(peft_model, main) if sharded and is_vision_model(peft_model.get_base_model()) else None
     state = gather_adapter_state_dict(peft_model, save_kwargs.get("selected_adapters"))
     if state is not None:

@@ -22,6 +22,11 @@ def is_dtensor(tensor: Any) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def has_dtensor_parameters(model: torch.nn.Module) -> bool:
+    """True when any parameter of ``model`` is a DTensor (FSDP2 sharded it)."""
+    return any(is_dtensor(p) for p in model.parameters())
+
+
 def is_fsdp1(model: torch.nn.Module) -> bool:
     """True when ``model`` is or contains a FullyShardedDataParallel (FSDP1) module."""
     try:

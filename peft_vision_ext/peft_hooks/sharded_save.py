@@ -20,9 +20,10 @@ _OWN_MARK = "__peft_vision_ext_sharded_save__"  # PeftModel.save_pretrained also
 
 
 def _is_sharded(model: Any) -> bool:
-    from ..distributed.shards import is_dtensor, is_fsdp1
+    from ..distributed.shards import has_dtensor_parameters, is_fsdp1
 
-    return any(is_dtensor(p) or getattr(p, "_fsdp_flattened", False) for p in model.parameters()) or is_fsdp1(model)
+    return has_dtensor_parameters(model) or is_fsdp1(model) or any(
+        getattr(p, "_fsdp_flattened", False) for p in model.parameters())
 
 
 def _install_sharded_save() -> None:
