@@ -30,7 +30,7 @@ METHOD_CONFIGS = {
 
 
 def test_every_registered_family_has_a_test_model():
-    assert set(ZOO) == {f.name for f in families()}
+    assert set(ZOO) == {f.name for f in families() if f.task is None}
 
 
 def _snapshot(model):

@@ -48,9 +48,14 @@ def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dic
     ``decode_head``, ``classifier`` also ``aux_classifier``. Whole-name matches (``x.head``) are what users mean.
     """
     surprises: dict[str, list[str]] = {}
-    for key in modules_to_save or []:
+    keys = list(modules_to_save or [])
+
+    def meant(name: str) -> bool:  # a whole-name match of some entry (torchvision FCN lists classifier.4 and
+        return any(name == k or name.endswith("." + k) for k in keys)  # aux_classifier.4: no surprise)
+
+    for key in keys:
         for name, _ in model.named_modules():
-            if name.endswith(key) and name != key and not name.endswith("." + key):
+            if name.endswith(key) and not meant(name):
                 surprises.setdefault(key, []).append(name)
     return surprises
 

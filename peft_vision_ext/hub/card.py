@@ -37,7 +37,13 @@ _METHOD_TITLES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "Ad
 
 
 def infer_task(model: Any) -> str:
-    """image-classification / image-segmentation / image-feature-extraction, from the model's class and head."""
+    """The Hub task: the family's (object-detection, depth-estimation, ...) for task families, else
+    image-classification / image-segmentation / image-feature-extraction from the model's class and head."""
+    from ..presets import detect_family  # local: presets import the compatibility matrix, which imports hub
+
+    detection = detect_family(model)
+    if detection is not None and detection.task:
+        return detection.task
     name = type(model).__name__
     if "Segmentation" in name or type(model).__module__.startswith("torchvision.models.segmentation"):
         return "image-segmentation"

@@ -8,7 +8,9 @@ from typing import Any
 _ATTRIBUTE = "_peft_vision_ext_card"
 
 PRESET_ATTRIBUTE = "_peft_vision_ext_preset"
-TASKS = ("image-classification", "image-segmentation", "image-feature-extraction", "object-detection")
+TASKS = ("image-classification", "image-segmentation", "image-feature-extraction", "object-detection",
+         "keypoint-detection", "depth-estimation", "zero-shot-image-classification", "zero-shot-object-detection",
+         "video-classification", "mask-generation")
 
 
 @dataclass

@@ -155,14 +155,17 @@ def _torchvision(spec: dict[str, Any], where: str) -> nn.Module:
 
     if not spec.get("builder"):
         raise AdapterLoadError(f"load_adapter({where!r}): no torchvision builder makes this base's architecture "
-                               "(changed after it was built?); pass base_model=<the model it was trained on>.")
+                               "(built by hand, e.g. a detector on a backbone of your choice, or changed after it was "
+                               "built); pass base_model=<the model it was trained on, with its pretrained weights>.")
     if not spec.get("weights"):
         raise AdapterLoadError(
             f"load_adapter({where!r}): the torchvision base {describe_base(spec)} has no recorded weights, and a "
             "random initialisation would not reproduce it. Pass base_model=..., or record the weights before saving: "
             "peft_vision_ext.describe(model, base_weights='IMAGENET1K_V1').")
     weights = torchvision.models.get_weight(spec["weights"])
-    return _fetching(where, describe_base(spec), lambda: torchvision.models.get_model(spec["builder"], weights=weights))
+    kwargs = spec.get("builder_kwargs") or {}
+    return _fetching(where, describe_base(spec),
+                     lambda: torchvision.models.get_model(spec["builder"], weights=weights, **kwargs))
 
 
 def _fetching(where: str, what: str, build: Any) -> nn.Module:
@@ -185,6 +188,12 @@ def resize_heads(model: nn.Module, heads: dict[str, dict[str, Any]]) -> None:
         elif isinstance(module, nn.Conv2d) and saved["type"] == "Conv2d" and shape[1:] == saved["shape"][1:]:
             new = nn.Conv2d(module.in_channels, saved["shape"][0], module.kernel_size, module.stride, module.padding,
                             module.dilation, module.groups, module.bias is not None, module.padding_mode)
+        elif isinstance(module, nn.ConvTranspose2d) and saved["type"] == "ConvTranspose2d" \
+                and shape[0] == saved["shape"][0] and shape[2:] == saved["shape"][2:]:
+            # Keypoint R-CNN's keypoint logits: a transposed conv keeps its output channels in dim 1.
+            new = nn.ConvTranspose2d(module.in_channels, saved["shape"][1] * module.groups, module.kernel_size,
+                                     module.stride, module.padding, module.output_padding, module.groups,
+                                     module.bias is not None, module.dilation, module.padding_mode)
         else:
             raise AdapterLoadError(f"The rebuilt base's head {path} ({type(module).__name__} {shape}) cannot take the "
                                    f"saved head ({saved['type']} {saved['shape']}).")

@@ -8,6 +8,7 @@ prove the rebuilt base is the one the adapter was trained on, instead of silentl
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -61,10 +62,13 @@ def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
                 "name_or_path": getattr(config, "_name_or_path", None) or None,
                 "quantization_config": _to_dict(getattr(config, "quantization_config", None))}
     if library == "torchvision":
-        builder = torchvision_builder(model, state, heads or ())
         weights = card_info(model).base_weights
-        return {"library": "torchvision", "builder": builder,
+        builder = torchvision_builder(model, state, heads or (), weights)
+        spec = {"library": "torchvision", "builder": builder,
                 "weights": _qualified_weights(builder, weights) if weights else None}
+        if detector_input_size(model):
+            spec["builder_kwargs"] = detector_input_size(model)
+        return spec
     return {"library": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
@@ -107,8 +111,12 @@ def describe_base(spec: dict[str, Any]) -> str:
 
 
 def torchvision_builder(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
-                        heads: list[str] | tuple[str, ...] = ()) -> str | None:
-    """The torchvision builder that makes ``model``'s architecture (same class, same shapes outside the heads)."""
+                        heads: list[str] | tuple[str, ...] = (), weights: str | None = None) -> str | None:
+    """The torchvision builder that makes ``model``'s architecture (same class, same shapes outside the heads).
+
+    Builders with identical weights shapes (Faster R-CNN MobileNetV3 FPN and its 320 px variant) are told apart by
+    the recorded ``weights`` (their enums differ), else by the detector's input transform.
+    """
     import torchvision
 
     if state is None:
@@ -116,23 +124,52 @@ def torchvision_builder(model: nn.Module, state: dict[str, torch.Tensor] | None 
 
         state, heads = model.state_dict(), list(detect_family(model).heads)
     shapes = _shapes(state, heads)
+    matches: list[tuple[str, nn.Module]] = []
     for name in sorted(torchvision.models.list_models()):
         builder = torchvision.models.get_model_builder(name)
         if builder.__module__ != type(model).__module__:
             continue
+        # Detection / segmentation builders load ImageNet backbone weights by default: build without any.
+        kwargs: dict[str, Any] = {"weights": None}
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            kwargs["weights_backbone"] = None
         with torch.device("meta"):
             try:
-                candidate = builder(weights=None)
+                candidate = builder(**kwargs)
             except Exception:  # noqa: BLE001 - builders needing extra arguments are not candidates
                 continue
         if type(candidate) is type(model) and _shapes(candidate.state_dict(), heads) == shapes:
-            return name
-    return None
+            matches.append((name, candidate))
+    if weights and "." in weights:
+        enum_name = weights.rpartition(".")[0]
+        named = [name for name, _ in matches if torchvision.models.get_model_weights(name).__name__ == enum_name]
+        if named:
+            return named[0]
+    same_transform = [name for name, candidate in matches if _transform_of(candidate) == _transform_of(model)]
+    return (same_transform or [name for name, _ in matches] or [None])[0]
+
+
+def _transform_of(model: nn.Module) -> str:
+    transform = getattr(model, "transform", None)
+    return repr(transform) if isinstance(transform, nn.Module) else ""
+
+
+def detector_input_size(model: nn.Module) -> dict[str, Any]:
+    """A torchvision detector's resize settings (``min_size``/``max_size`` builder arguments), so a rebuilt base
+    sees images at the size it was trained on; empty for other models (and SSD, whose size is its architecture)."""
+    transform = getattr(model, "transform", None)
+    if type(model).__name__ not in ("FasterRCNN", "MaskRCNN", "KeypointRCNN", "RetinaNet", "FCOS") \
+            or not hasattr(transform, "min_size"):
+        return {}
+    return {"min_size": list(transform.min_size), "max_size": int(transform.max_size)}
 
 
 def _shapes(state: dict[str, torch.Tensor], heads: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """Shapes by name outside the heads (a new head changes the output size, not the architecture)."""
-    return {name: tuple(t.shape) for name, t in state.items() if not _under(name, heads)}
+    """Shapes by name outside the heads (a new head changes the output size, not the architecture). BatchNorm's
+    ``num_batches_tracked`` is left out: torchvision builds with pretrained weights swap BatchNorm2d for
+    FrozenBatchNorm2d, which has none."""
+    return {name: tuple(t.shape) for name, t in state.items()
+            if not _under(name, heads) and not name.endswith("num_batches_tracked")}
 
 
 def _under(name: str, prefixes: list[str] | tuple[str, ...]) -> bool:
@@ -164,7 +201,7 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
     leaves: dict[str, dict[str, Any]] = {}
     for path, head in heads.items():
         for name, module in head.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 leaves[f"{path}.{name}" if name else path] = {"type": type(module).__name__,
                                                               "shape": list(module.weight.shape)}
     return leaves

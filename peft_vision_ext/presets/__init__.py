@@ -14,12 +14,13 @@ from torch import nn
 
 from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
 from ..versions import peft_version
-from .catalog import PRESETS, SUPPORTED_METHODS, Preset, method_layer_kinds
+from . import task_families  # noqa: F401 - registers the detection / segmentation / depth families
+from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, VISION_PARTS, Preset, method_layer_kinds
 from .families import Detection, VisionFamily, detect_family, families, register_family
-from .roles import LayerInfo, Role
+from .roles import LayerInfo, Part, Role
 
 __all__ = [
-    "PRESETS", "Preset", "Role", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
+    "PRESETS", "Preset", "Role", "Part", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
     "families", "register_family", "list_presets", "resolve_targets", "resolve_default", "preset_config",
     "fill_config", "SUPPORTED_METHODS",
 ]
@@ -36,49 +37,61 @@ def _detect(model: nn.Module) -> Detection:
     return detection
 
 
-def _select(detection: Detection, preset: Preset, method: str | None) -> list[LayerInfo]:
+def _parts(preset: Preset, towers: str) -> frozenset[Part]:
+    """The parts ``preset`` selects from: its own (every part when it has none), within the chosen towers."""
+    if towers not in TOWERS:
+        raise ValueError(f"towers={towers!r}: use one of {', '.join(TOWERS)} (a dual encoder's vision tower, text "
+                         "tower or both).")
+    return (preset.parts or frozenset(Part)) & TOWERS[towers]
+
+
+def _select(detection: Detection, preset: Preset, method: str | None, towers: str = "vision") -> list[LayerInfo]:
     kinds = method_layer_kinds(method, peft_version()) if method else None
+    parts = _parts(preset, towers)
     return [
         layer
         for layer in detection.layers
-        if layer.role in preset.roles and (kinds is None or layer.layer_kind in kinds)
+        if layer.role in preset.roles and layer.part in parts and (kinds is None or layer.layer_kind in kinds)
     ]
 
 
-def list_presets(model: nn.Module, method: str | None = None) -> dict[str, list[str]]:
+def list_presets(model: nn.Module, method: str | None = None, towers: str = "vision") -> dict[str, list[str]]:
     """Every preset that selects something on ``model`` -> the module paths it selects."""
     detection = _detect(model)
     result = {}
     for name, preset in PRESETS.items():
-        selected = _select(detection, preset, method)
+        selected = _select(detection, preset, method, towers)
         if selected:
             result[name] = [layer.name for layer in selected]
     return result
 
 
-def resolve_targets(model: nn.Module, preset: str, method: str | None = None) -> list[str]:
+def resolve_targets(model: nn.Module, preset: str, method: str | None = None, towers: str = "vision") -> list[str]:
     """Module paths selected by ``preset`` on ``model`` (restricted to layer kinds ``method`` can wrap).
 
+    ``towers`` (dual encoders such as CLIP, SigLIP, OWL-ViT): ``"vision"`` (default), ``"text"`` or ``"both"``.
     Raises :class:`UnknownPresetError` (listing the valid presets), :class:`PresetRefusedError` when the preset selects
     layers but the compatibility matrix refuses them all for ``method`` (its reasons and alternatives), or
-    :class:`EmptyPresetError` (naming the detected family and the roles found). Reads the model only.
+    :class:`EmptyPresetError` (naming the detected family, the parts and the roles found). Reads the model only.
     """
     detection = _detect(model)
-    return [layer.name for layer in _resolve(detection, preset, method)]
+    return [layer.name for layer in _resolve(detection, preset, method, towers)]
 
 
-def _resolve(detection: Detection, preset: str, method: str | None) -> list[LayerInfo]:
+def _resolve(detection: Detection, preset: str, method: str | None, towers: str = "vision") -> list[LayerInfo]:
     if preset not in PRESETS:
-        valid = [n for n, p in PRESETS.items() if _select(detection, p, method)]
+        valid = [n for n, p in PRESETS.items() if _select(detection, p, method, towers)]
         raise UnknownPresetError(
             f"Unknown preset {preset!r} for {detection.family.name}. Presets valid for this model"
             f"{' with ' + method if method else ''}: {', '.join(valid) or 'none'}."
         )
-    selected = _select(detection, PRESETS[preset], method)
+    selected = _select(detection, PRESETS[preset], method, towers)
     if not selected:
         roles = ", ".join(f"{r} x{n}" for r, n in sorted(detection.roles_found().items())) or "none"
+        parts = ", ".join(f"{p} x{n}" for p, n in sorted(detection.parts_found().items())) or "none"
         wanted = ", ".join(sorted(r.value for r in PRESETS[preset].roles))
-        left_out = dropped(detection, preset, method) if method else {}
+        wanted_parts = ", ".join(sorted(p.value for p in _parts(PRESETS[preset], towers)))
+        left_out = dropped(detection, preset, method, towers) if method else {}
         if left_out:
             from ..compat.matrix import METHOD_NAMES
 
@@ -89,15 +102,18 @@ def _resolve(detection: Detection, preset: str, method: str | None) -> list[Laye
                       for (kind, reason, instead), paths in left_out.items()]
             lines.append("The model was not modified.")
             raise PresetRefusedError("\n".join(lines), method, "train", left_out)
+        valid = [n for n, p in PRESETS.items() if _select(detection, p, method, towers)]
         raise EmptyPresetError(
             f"Preset {preset!r} selects no module of this {detection.family.name} model"
-            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}). "
-            f"Roles found: {roles}. Choose another preset or pass target_modules explicitly."
+            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}; in parts: "
+            f"{wanted_parts}). This model has parts: {parts}; roles: {roles}. Presets that select something here: "
+            f"{', '.join(valid) or 'none'}. Choose one of those or pass target_modules explicitly."
         )
     return selected
 
 
-def dropped(detection: Detection, preset: str, method: str) -> dict[tuple[str, str, str], list[str]]:
+def dropped(detection: Detection, preset: str, method: str, towers: str = "vision"
+            ) -> dict[tuple[str, str, str], list[str]]:
     """(layer kind, reason, what to use instead) -> module paths ``preset`` selects but leaves out for ``method``,
     because the compatibility matrix refuses that kind (or allows it only under a condition) for the method."""
     from ..compat.kinds import LayerKind
@@ -105,7 +121,7 @@ def dropped(detection: Detection, preset: str, method: str) -> dict[tuple[str, s
 
     kinds = method_layer_kinds(method, peft_version())
     left_out: dict[tuple[str, str, str], list[str]] = {}
-    for layer in _select(detection, PRESETS[preset], None):
+    for layer in _select(detection, PRESETS[preset], None, towers):
         if kinds is None or layer.layer_kind in kinds or layer.layer_kind == "norm":
             continue
         item = entry(method, LayerKind(layer.layer_kind), peft_version())
@@ -133,7 +149,7 @@ class Resolution:
     feedforward_modules: list[str]  # IA3 only
 
 
-def resolve_default(model: nn.Module, method: str, preset: str | None = None) -> Resolution:
+def resolve_default(model: nn.Module, method: str, preset: str | None = None, towers: str = "vision") -> Resolution:
     """Targets, task head and (IA3) feedforward modules of ``preset`` or the family's default preset."""
     method = method.lower()
     detection = _detect(model)
@@ -143,7 +159,7 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None) ->
             f"peft-vision-ext has no default preset for method {method!r} on {detection.family.name}; "
             f"pass preset=... (one of {', '.join(PRESETS)}) or target_modules explicitly."
         )
-    selected = _resolve(detection, name, method)
+    selected = _resolve(detection, name, method, towers)
     feedforward = [layer.name for layer in selected if layer.role == Role.FC2] if method == "ia3" else []
     return Resolution(
         family=detection.family.name,
@@ -176,13 +192,14 @@ def _config_class(method: str) -> type:
 
 
 def preset_config(model: nn.Module, method: str, preset: str | None = None, *, fused: str = "slices",
-                  **method_kwargs: Any) -> Any:
+                  towers: str = "vision", **method_kwargs: Any) -> Any:
     """A ready PEFT config (LoraConfig, LoHaConfig, ...) for ``model`` using ``preset`` or the default one.
 
     ``method_kwargs`` go to the config class; an explicit ``target_modules`` / ``modules_to_save`` /
     ``feedforward_modules`` there wins over the preset. ``fused`` (LoRA): ``"slices"`` adapts fused q/k/v layers
     (timm ``qkv``/``kv``, nn.MultiheadAttention) slice by slice, the slices the preset names (``attention``: q and v),
-    each with its own rank-r LoRA; ``"whole"`` adapts them as one layer.
+    each with its own rank-r LoRA; ``"whole"`` adapts them as one layer. ``towers`` (dual encoders: CLIP, SigLIP,
+    OWL-ViT, Grounding DINO): adapt the ``"vision"`` tower (default), the ``"text"`` tower or ``"both"``.
 
     AdaLoRA: ``r`` is the LoRA rank whose final budget to match (``target_r = r``, ``init_r = 1.5 r``); fields left
     out get the vision defaults of :mod:`peft_vision_ext.adalora.defaults` (scale, regulariser weight), and the
@@ -199,7 +216,7 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         detection = detect_family(model)
         method_kwargs = vision_adalora_kwargs(method_kwargs, detection.kind if detection is not None else None)
     if method_kwargs.get("target_modules") is None:
-        resolution = resolve_default(model, method, preset)
+        resolution = resolve_default(model, method, preset, towers)
         method_kwargs["target_modules"] = resolution.target_modules
         if method == "ia3" and method_kwargs.get("feedforward_modules") is None:
             method_kwargs["feedforward_modules"] = resolution.feedforward_modules

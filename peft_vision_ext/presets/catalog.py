@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from .roles import Role
+from .roles import Part, Role
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class Preset:
     name: str
     roles: frozenset[Role]
     description: str
+    parts: frozenset[Part] | None = None  # None: wherever the roles occur (a dual encoder's text tower only on request)
 
 
 _ATTN_QV = frozenset({Role.Q, Role.V, Role.QKV, Role.KV, Role.MHA})
@@ -22,6 +23,7 @@ _MLP = frozenset({Role.FC1, Role.FC2})
 _ALL_LINEAR = _ATTN_FULL | _MLP | {Role.LINEAR}
 _CONV = frozenset({Role.CONV, Role.POINTWISE})
 _CONV_DW = _CONV | {Role.DEPTHWISE}
+_TRANSFORMER = _ATTN_FULL | _MLP | {Role.LINEAR}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -36,8 +38,29 @@ PRESETS: dict[str, Preset] = {
         Preset("conv", _CONV, "k x k and 1 x 1 convolutions with groups == 1 (not the stem)"),
         Preset("conv+depthwise", _CONV_DW, "conv plus depthwise and grouped convolutions"),
         Preset("all", _ALL_LINEAR | _CONV_DW | {Role.STEM}, "every Linear and Conv2d of the backbone, stem included"),
+        # Task models (detection, segmentation, depth): the same roles, restricted to parts of the model.
+        Preset("backbone", _ATTN_QV | _CONV, "the backbone only: its attention q/v or its groups == 1 convolutions "
+               "(not the stem)", frozenset({Part.BACKBONE})),
+        Preset("backbone+neck", _ATTN_QV | _CONV | {Role.LINEAR}, "backbone plus the neck (FPN, input projection, "
+               "pixel decoder, hybrid encoder)", frozenset({Part.BACKBONE, Part.NECK})),
+        Preset("encoder+decoder", _TRANSFORMER, "every Linear of a detector's transformer encoder and decoder "
+               "(attention, MLP, query/box MLPs)", frozenset({Part.ENCODER, Part.DECODER})),
+        Preset("decoder", _TRANSFORMER, "every Linear of the transformer decoder (object or mask queries)",
+               frozenset({Part.DECODER})),
+        Preset("heads", _CONV | _MLP | {Role.LINEAR}, "the pretrained, class-agnostic head layers: RPN, RoI box / "
+               "mask / keypoint towers, dense-head towers (never the re-initialised predictors)",
+               frozenset({Part.HEADS})),
+        Preset("pretrained", _ATTN_QV | _CONV | {Role.LINEAR}, "in every part a task model's pretrained weights "
+               "cover (backbone, neck, transformer, heads): attention q/v, groups == 1 convolutions (not the stem) "
+               "and Linear layers outside MLP blocks; never the re-initialised predictors",
+               frozenset({Part.BACKBONE, Part.NECK, Part.ENCODER, Part.DECODER, Part.HEADS})),
     )
 }
+
+#: Parts a preset without its own parts selects from. A dual encoder's text tower is adapted on request only
+#: (``towers="text"`` / ``"both"``): this is a vision plugin, and the default should not retrain a language model.
+VISION_PARTS = frozenset(Part) - {Part.TEXT}
+TOWERS: dict[str, frozenset[Part]] = {"vision": VISION_PARTS, "text": frozenset({Part.TEXT}), "both": frozenset(Part)}
 
 #: The methods presets resolve defaults for (the first five of the compatibility matrix).
 SUPPORTED_METHODS: tuple[str, ...] = ("lora", "loha", "lokr", "adalora", "ia3")

@@ -17,7 +17,7 @@ from typing import Literal
 
 from torch import nn
 
-from .roles import ATTENTION_ROLES, LayerInfo, Role, infer_layers
+from .roles import ATTENTION_ROLES, LayerInfo, Part, Role, infer_layers
 
 Kind = Literal["transformer", "cnn", "hybrid"]
 Library = Literal["timm", "transformers", "torchvision", "any"]
@@ -48,6 +48,13 @@ class VisionFamily:
     description: str = ""
     defaults: Mapping[str, str] = field(default_factory=dict)  # method -> preset, over KIND_DEFAULTS
     overrides: tuple[tuple[str, Role], ...] = ()  # (regex on module path, role)
+    # Task models: the Hub task (model card, pipeline tag); where each part starts (regex on module path -> part;
+    # first match wins, the rest is backbone); the prediction heads a user re-initialises for new classes (regexes
+    # matched against whole module paths), trained in full via modules_to_save instead of the generic head names.
+    task: str | None = None
+    parts: tuple[tuple[str, Part], ...] = ()
+    heads: tuple[str, ...] = ()
+    why: str = ""  # one line for the README's task table: what the default adapts and trains, and why
 
     def matches(self, model: nn.Module) -> bool:
         if self.library != "any" and model_library(model) != self.library:
@@ -138,8 +145,17 @@ for _entry in (
 # --------------------------------------------------------------------------------------------------
 # Detection
 # --------------------------------------------------------------------------------------------------
-def head_names(model: nn.Module) -> list[str]:
-    """Module paths of the task head(s), trained in full (``modules_to_save``) rather than adapted."""
+def head_names(model: nn.Module, family: VisionFamily | None = None) -> list[str]:
+    """Module paths of the task head(s), trained in full (``modules_to_save``) rather than adapted.
+
+    A family that names its prediction heads (``VisionFamily.heads``) gets exactly those, each under its first path
+    (a module shared by two paths, such as Deformable DETR's ``class_embed`` and ``model.decoder.class_embed``, is
+    listed once); other models get the generic head attributes.
+    """
+    if family is not None and family.heads:
+        patterns = [re.compile(pattern) for pattern in family.heads]
+        found = [name for name, _ in model.named_modules() if name and any(p.fullmatch(name) for p in patterns)]
+        return [name for name in found if not any(name.startswith(other + ".") for other in found)]
     names: list[str] = []
     get_classifier = getattr(model, "get_classifier", None)
     if model_library(model) == "timm" and callable(get_classifier):
@@ -194,6 +210,17 @@ class Detection:
     def kind(self) -> Kind:
         return self.family.kind
 
+    @property
+    def task(self) -> str | None:
+        return self.family.task
+
+    def parts_found(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.role not in (Role.HEAD, Role.NORM):
+                counts[layer.part.value] = counts.get(layer.part.value, 0) + 1
+        return counts
+
     def roles_found(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for layer in self.layers:
@@ -203,10 +230,11 @@ class Detection:
 
 def detect_family(model: nn.Module) -> Detection | None:
     """Family of ``model`` and the role of each of its layers; ``None`` when nothing in it is adaptable."""
-    heads = tuple(head_names(model))
     family = next((f for f in _FAMILIES.values() if f.matches(model)), None)
+    heads = tuple(head_names(model, family))
     overrides = [(re.compile(p), r) for p, r in family.overrides] if family else []
-    layers = infer_layers(model, heads, overrides)
+    parts = [(re.compile(p), part) for p, part in family.parts] if family else []
+    layers = infer_layers(model, heads, overrides, parts)
     kind = _structural_kind(layers)
     if family is not None:
         if family.kind is None:

@@ -38,6 +38,21 @@ class Role(str, Enum):
     NORM = "norm"
 
 
+class Part(str, Enum):
+    """Where a layer sits in a task model: presets can restrict themselves to parts (``backbone``, ``decoder``...).
+
+    Families map module paths to parts (``VisionFamily.parts``); a layer no rule places is in the backbone, so a
+    classification model is all backbone (and head).
+    """
+
+    BACKBONE = "backbone"  # the pretrained feature extractor (ResNet body, ViT encoder, Swin stages)
+    NECK = "neck"  # feature pyramid / input projection / pixel decoder / hybrid encoder between backbone and heads
+    ENCODER = "encoder"  # transformer encoder over backbone features (DETR family)
+    DECODER = "decoder"  # transformer decoder over object queries / mask queries
+    HEADS = "heads"  # pretrained, class-agnostic head layers: RPN, RoI box/mask towers, dense-head towers
+    TEXT = "text"  # the text tower of a dual encoder (CLIP, SigLIP, OWL-ViT, Grounding DINO)
+
+
 ATTENTION_ROLES = frozenset({Role.Q, Role.K, Role.V, Role.QKV, Role.KV, Role.MHA, Role.O})
 LINEAR_ROLES = ATTENTION_ROLES | {Role.FC1, Role.FC2, Role.LINEAR}
 CONV_ROLES = frozenset({Role.CONV, Role.POINTWISE, Role.DEPTHWISE, Role.STEM})
@@ -89,6 +104,7 @@ class LayerInfo:
     params: int
     groups: int = 1
     kernel_size: tuple[int, ...] = ()
+    part: Part = Part.BACKBONE
 
 
 def _layer_kind(module: nn.Module) -> str:
@@ -169,14 +185,17 @@ def infer_layers(
     model: nn.Module,
     head_names: Iterable[str] = (),
     overrides: Iterable[tuple[re.Pattern[str], Role]] = (),
+    parts: Iterable[tuple[re.Pattern[str], Part]] = (),
 ) -> list[LayerInfo]:
     """Classify every Linear, Conv2d, MultiheadAttention and norm layer of ``model``.
 
     ``head_names`` are module paths of the task head(s): everything inside them gets :attr:`Role.HEAD`.
-    ``overrides`` are (regex on the full path, role) pairs applied before structural inference.
+    ``overrides`` are (regex on the full path, role) pairs applied before structural inference; ``parts`` are
+    (regex on the full path, part) pairs, the first match wins and unmatched layers are in the backbone.
     """
     heads = tuple(head_names)
     overrides = tuple(overrides)
+    parts = tuple(parts)
     layers: list[LayerInfo] = []
     stem_seen = False
     for name, module, ancestors in _walk(model):
@@ -220,6 +239,7 @@ def infer_layers(
                 params=_param_count(module),
                 groups=getattr(module, "groups", 1),
                 kernel_size=tuple(getattr(module, "kernel_size", ())),
+                part=next((part for pattern, part in parts if pattern.search(name)), Part.BACKBONE),
             )
         )
     return layers

@@ -1,0 +1,89 @@
+"""Tiny random-init task models (detection, segmentation, keypoints, ...), one per task family, with a loss.
+
+Each case: (family, builder, loss) where ``loss(model)`` runs one training forward on fixed random data and returns
+a scalar whose backward reaches every trained part. torchvision detectors are the real builders at a small input
+size (the architecture a user gets, so ``load_adapter`` can rebuild them); transformers models come from
+``task_zoo_hf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 3
+_DETECTOR_KW = dict(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+_SMALL = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_train=64, rpn_post_nms_top_n_train=16,
+              rpn_pre_nms_top_n_test=64, rpn_post_nms_top_n_test=16, rpn_batch_size_per_image=32,
+              box_batch_size_per_image=16)
+
+
+def _tv(builder: str, **kwargs: object) -> Callable[..., nn.Module]:
+    def build(num_classes: int = NUM_CLASSES) -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(builder, **{**kwargs, "num_classes": num_classes})
+
+    return build
+
+
+def detection_targets(keypoints: int = 0, masks: bool = False, size: int = 64) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(2):
+        xy = torch.randint(0, size // 2, (2, 2), generator=generator).float()
+        boxes = torch.cat([xy, xy + torch.randint(8, size // 2, (2, 2), generator=generator).float()], dim=1)
+        target = {"boxes": boxes, "labels": torch.tensor([1, 2])}
+        if masks:
+            target["masks"] = torch.zeros(2, size, size, dtype=torch.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+                target["masks"][i, y0:y1, x0:x1] = 1
+        if keypoints:
+            points = torch.rand(2, keypoints, 2, generator=generator) * (boxes[:, None, 2:] - boxes[:, None, :2])
+            target["keypoints"] = torch.cat([points + boxes[:, None, :2], torch.ones(2, keypoints, 1)], dim=2)
+        targets.append(target)
+    return targets
+
+
+def _detection_loss(keypoints: int = 0, masks: bool = False, size: int = 64) -> Callable[[nn.Module], torch.Tensor]:
+    def loss(model: nn.Module) -> torch.Tensor:
+        images = list(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)))
+        return sum(model(images, detection_targets(keypoints, masks, size)).values())
+
+    return loss
+
+
+def _segmentation_loss(model: nn.Module) -> torch.Tensor:
+    output = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    return sum(value.float().pow(2).mean() for value in output.values())
+
+
+def _keypoint_rcnn(num_classes: int = NUM_CLASSES) -> nn.Module:
+    """Keypoint R-CNN whose keypoint count follows the class count (5 for the default), so that a test which varies
+    the classes also finds the keypoint predictor a new task re-initialises."""
+    import torchvision
+
+    return torchvision.models.get_model("keypointrcnn_resnet50_fpn", **{**_DETECTOR_KW, "num_classes": num_classes},
+                                        num_keypoints=num_classes + 2, **_SMALL)
+
+
+#: case id -> (family, builder(num_classes), loss)
+TV_TASK_ZOO: dict[str, tuple[str, Callable[..., nn.Module], Callable[[nn.Module], torch.Tensor]]] = {
+    "fasterrcnn_mobilenet_v3_large_fpn": ("tv-faster-rcnn", _tv("fasterrcnn_mobilenet_v3_large_fpn", **_DETECTOR_KW,
+                                                              **_SMALL), _detection_loss()),
+    "maskrcnn_resnet50_fpn": ("tv-mask-rcnn", _tv("maskrcnn_resnet50_fpn", **_DETECTOR_KW, **_SMALL),
+                              _detection_loss(masks=True)),
+    "keypointrcnn_resnet50_fpn": ("tv-keypoint-rcnn", _keypoint_rcnn, _detection_loss(keypoints=5)),
+    "retinanet_resnet50_fpn": ("tv-retinanet", _tv("retinanet_resnet50_fpn", **_DETECTOR_KW, min_size=64,
+                                                   max_size=64), _detection_loss()),
+    "fcos_resnet50_fpn": ("tv-fcos", _tv("fcos_resnet50_fpn", **_DETECTOR_KW, min_size=64, max_size=64),
+                          _detection_loss()),
+    "ssdlite320_mobilenet_v3_large": ("tv-ssd", _tv("ssdlite320_mobilenet_v3_large", **_DETECTOR_KW),
+                                      _detection_loss(size=320)),
+    "fcn_resnet50": ("tv-fcn-deeplab", _tv("fcn_resnet50", **_DETECTOR_KW, aux_loss=True), _segmentation_loss),
+    "deeplabv3_mobilenet_v3_large": ("tv-fcn-deeplab", _tv("deeplabv3_mobilenet_v3_large", **_DETECTOR_KW,
+                                                           aux_loss=True), _segmentation_loss),
+    "lraspp_mobilenet_v3_large": ("tv-lraspp", _tv("lraspp_mobilenet_v3_large", **_DETECTOR_KW), _segmentation_loss),
+}

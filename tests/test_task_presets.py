@@ -1,0 +1,223 @@
+"""Task families (detection, instance/semantic segmentation, keypoints, depth, ...): every default trains the
+re-initialised prediction heads in full, every default target is called by the forward and moves the loss, and a
+saved adapter reloads and merges to the same model, on both lanes."""
+
+import peft
+import pytest
+import torch
+from task_zoo import TV_TASK_ZOO
+from torch import nn
+
+import peft_vision_ext as pve
+from peft_vision_ext.presets import PRESETS, detect_family, list_presets, resolve_default, resolve_targets
+from peft_vision_ext.presets.families import families
+
+CASES = dict(TV_TASK_ZOO)
+METHOD_CONFIGS = {
+    "lora": lambda: peft.LoraConfig(r=4),
+    "loha": lambda: peft.LoHaConfig(r=4),
+    "lokr": lambda: peft.LoKrConfig(r=4),
+    "ia3": lambda: peft.IA3Config(),
+    "adalora": lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10),
+}
+
+
+def _build(case, num_classes=None, seed=0):
+    family, build, loss = CASES[case]
+    torch.manual_seed(seed)
+    return build() if num_classes is None else build(num_classes)
+
+
+def _loss(case, model):
+    """One training-mode loss on fixed data. BatchNorms normalise with the batch's statistics but never update their
+    running ones (base state an adapter does not save): at random init their running statistics would shrink
+    SSDlite's features to 1e-12, where no adapter could move the loss."""
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.momentum = 0.0
+    torch.manual_seed(0)  # RPN / RoI sampling draws random numbers
+    loss = CASES[case][2](model)
+    for norm in norms:  # counted even at momentum 0
+        norm.num_batches_tracked.zero_()
+    return loss
+
+
+def _class_dependent(case):
+    """Parameters whose shape depends on the number of classes: what a user re-initialises for new classes."""
+    small = {n: p.shape for n, p in _build(case, 3).named_parameters()}
+    large = {n: p.shape for n, p in _build(case, 5).named_parameters()}
+    return sorted(n for n in small if small[n] != large.get(n))
+
+
+def test_every_task_family_has_a_test_model():
+    task_families = {f.name for f in families() if f.task and f.name.startswith("tv-")}
+    assert task_families <= {family for family, _, _ in CASES.values()}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_re_initialised_heads_go_to_modules_to_save_and_presets_say_where(case):
+    model = _build(case)
+    detection = detect_family(model)
+    assert detection.family.name == CASES[case][0]
+    resolution = resolve_default(model, "lora")
+    heads = resolution.modules_to_save
+    dependent = _class_dependent(case)
+    assert dependent, "the zoo model must have class-dependent parameters"
+    uncovered = [n for n in dependent if not any(n.startswith(h + ".") for h in heads)]
+    assert not uncovered, f"class-dependent parameters outside modules_to_save: {uncovered}"
+    # Heads are only the class-dependent modules: everything else pretrained is adapted, not retrained.
+    for head in heads:
+        assert any(n.startswith(head + ".") for n in dependent), head
+    presets = list_presets(model)
+    for name, modules in presets.items():
+        assert modules == resolve_targets(model, name)
+        assert not any(m == h or m.startswith(h + ".") for m in modules for h in heads)
+    assert resolution.target_modules == list_presets(model, "lora")[resolution.preset]
+    for preset in ("backbone", "backbone+neck", "heads", "pretrained"):
+        if PRESETS[preset].parts and any(p.value in detection.parts_found() for p in PRESETS[preset].parts):
+            assert preset in presets
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lora_default_is_live_trains_heads_reloads_and_merges(case, tmp_path):
+    peft_model = peft.get_peft_model(_build(case), peft.LoraConfig(r=4))
+    targets = set(peft_model.base_model.targeted_module_names)
+    assert targets == set(resolve_default(_build(case), "lora").target_modules)
+    called = set()
+    hooks = [peft_model.get_base_model().get_submodule(name).register_forward_hook(
+        lambda module, args, output, name=name: called.add(name)) for name in targets]
+    loss = _loss(case, peft_model)
+    for hook in hooks:
+        hook.remove()
+    assert called == targets, f"targets the forward never calls: {sorted(targets - called)[:5]}"
+    with torch.no_grad():  # every adapter moves the loss once its B factor is non-zero
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+    perturbed = _loss(case, peft_model)
+    assert not torch.allclose(loss, perturbed)
+    perturbed.backward()
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert all(p.grad is not None for p in trainable.values())
+    heads = peft_model.peft_config["default"].modules_to_save
+    for head in heads:
+        assert any(f"{head}.modules_to_save.default." in n for n in trainable), f"head {head} not trained"
+    assert not [n for n in trainable if "lora_" not in n and "modules_to_save" not in n]
+    # reload onto a fresh base (same seed = same base weights) and merge: the same loss
+    with torch.no_grad():
+        reference = _loss(case, peft_model)
+    peft_model.save_pretrained(tmp_path)
+    reloaded = pve.load_adapter(str(tmp_path), base_model=_build(case))
+    with torch.no_grad():
+        torch.testing.assert_close(_loss(case, reloaded), reference, rtol=1e-4, atol=1e-5)
+        merged = reloaded.merge_and_unload()
+        torch.testing.assert_close(_loss(case, merged), reference, rtol=1e-3, atol=1e-4)
+    card = (tmp_path / "README.md").read_text()
+    assert f"| Task | {detect_family(_build(case)).task} |" in card
+
+
+@pytest.mark.parametrize("method", ["adalora", "loha", "lokr", "ia3"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_default_trains_heads_with_every_method(case, method):
+    peft_model = peft.get_peft_model(_build(case), METHOD_CONFIGS[method]())
+    loss = _loss(case, peft_model)
+    loss.backward()
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert all(p.grad is not None for p in trainable.values()), [n for n, p in trainable.items() if p.grad is None][:3]
+    for head in peft_model.peft_config["default"].modules_to_save:
+        assert any(f"{head}.modules_to_save.default." in n for n in trainable), f"head {head} not trained"
+
+
+def test_a_preset_selecting_nothing_names_what_the_model_has():
+    model = _build("fasterrcnn_mobilenet_v3_large_fpn")
+    with pytest.raises(pve.EmptyPresetError, match=r"'decoder'.*parts: decoder.*has parts: backbone x\d+, heads x\d+, "
+                                                   r"neck x\d+.*select something here: .*pretrained"):
+        resolve_targets(model, "decoder")
+    with pytest.raises(ValueError, match="towers='audio'"):
+        resolve_targets(model, "attention", towers="audio")
+
+
+def test_modules_to_save_names_only_mean_the_heads():
+    """PEFT matches modules_to_save by string suffix: the heads' names must catch nothing else."""
+    from peft_vision_ext.compat.enforce import suffix_surprises
+
+    for case in CASES:
+        model = _build(case)
+        assert suffix_surprises(model, resolve_default(model, "lora").modules_to_save) == {}, case
+    model = _build("fasterrcnn_mobilenet_v3_large_fpn")
+    assert suffix_surprises(model, ["head"]) == {"head": ["roi_heads.box_head"]}  # rpn.head: a whole-name match
+
+
+def _fake_weights_cache(tmp_path, monkeypatch, weights, build):
+    """A torch hub cache holding a file under the name torchvision downloads ``weights`` to (random values: what is
+    tested is the rebuild, not the weights)."""
+    import os
+
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(build().state_dict(), cache / os.path.basename(weights.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def test_load_adapter_rebuilds_a_torchvision_detector(tmp_path, monkeypatch):
+    import torchvision
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+
+    builder = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    weights = torchvision.models.get_model_weights(builder).COCO_V1
+    _fake_weights_cache(tmp_path, monkeypatch, weights, lambda: torchvision.models.get_model(
+        builder, weights=None, weights_backbone=None, num_classes=91))
+    model = torchvision.models.get_model(builder, weights=weights, min_size=64, max_size=64)
+    model.roi_heads.box_predictor = FastRCNNPredictor(1024, 3)  # new classes, as the torchvision tutorial does
+    pve.describe(model, base_weights="COCO_V1")
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4))
+    case = "fasterrcnn_mobilenet_v3_large_fpn"  # same loss recipe
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.05)
+        reference = _loss(case, peft_model)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    import json
+
+    meta = json.loads((tmp_path / "adapter" / "peft_vision_ext.json").read_text())
+    assert meta["base_model"] == {"library": "torchvision", "builder": builder,
+                                  "weights": "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+                                  "builder_kwargs": {"min_size": [64], "max_size": 64}}
+    assert meta["task"] == "object-detection"
+    loaded = pve.load_adapter(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        torch.testing.assert_close(_loss(case, loaded), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_hand_built_detectors_say_what_to_pass(tmp_path):
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone = torchvision.models.mobilenet_v2(weights=None).features  # the torchvision tutorial's recipe
+    backbone.out_channels = 1280
+    model = FasterRCNN(backbone, num_classes=3, min_size=64, max_size=64,
+                       rpn_anchor_generator=AnchorGenerator(((32, 64),), ((0.5, 1.0),)),
+                       box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2))
+    assert detect_family(model).heads == ("roi_heads.box_predictor",)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4))
+    pve.describe(peft_model, base_weights="IMAGENET1K_V1")
+    peft_model.save_pretrained(tmp_path)
+    with pytest.raises(pve.AdapterLoadError, match="built by hand.*base_model="):
+        pve.load_adapter(str(tmp_path))
+
+
+def test_towers_choose_nothing_on_a_vision_only_model():
+    model = _build("lraspp_mobilenet_v3_large")
+    assert resolve_targets(model, "conv", towers="both") == resolve_targets(model, "conv")
+    with pytest.raises(pve.EmptyPresetError):
+        resolve_targets(model, "conv", towers="text")
+
+
+def test_norm_layers_of_heads_are_not_adapted():
+    model = _build("fcn_resnet50")
+    for modules in list_presets(model).values():
+        assert not any(isinstance(model.get_submodule(m), nn.BatchNorm2d) for m in modules)
