@@ -87,3 +87,40 @@ TV_TASK_ZOO: dict[str, tuple[str, Callable[..., nn.Module], Callable[[nn.Module]
                                                            aux_loss=True), _segmentation_loss),
     "lraspp_mobilenet_v3_large": ("tv-lraspp", _tv("lraspp_mobilenet_v3_large", **_DETECTOR_KW), _segmentation_loss),
 }
+
+
+def _output_loss(output: object) -> torch.Tensor:
+    """Sum of the means of every float tensor a transformers task model returns (class logits, boxes, masks, depth,
+    embeddings), so that every head that produces an output gets a gradient."""
+    values = output.values() if hasattr(output, "values") else [output]
+    tensors = [v for value in values for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return sum(t[torch.isfinite(t)].float().mean() for t in tensors  # Grounding DINO masks text logits with -inf
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad)
+
+
+def _hf_case(case: str) -> tuple[Callable[..., nn.Module], Callable[[nn.Module], torch.Tensor]]:
+    from task_zoo_hf import HF_TASK_ZOO
+
+    build, inputs = HF_TASK_ZOO[case]
+
+    def loss(model: nn.Module) -> torch.Tensor:
+        return _output_loss(model(**inputs(model)))
+
+    return (lambda num_classes=NUM_CLASSES: build(num_labels=num_classes)), loss
+
+
+_HF_FAMILIES = {
+    "detr": "hf-detr", "table-transformer": "hf-detr", "conditional-detr": "hf-conditional-detr",
+    "dab-detr": "hf-dab-detr", "deformable-detr": "hf-deformable-detr",
+    "deformable-detr-box-refine": "hf-deformable-detr", "deformable-detr-two-stage": "hf-deformable-detr",
+    "rt-detr": "hf-rt-detr", "rt-detr-v2": "hf-rt-detr", "d-fine": "hf-rt-detr", "yolos": "hf-yolos",
+    "owlvit": "hf-owlvit", "owlv2": "hf-owlvit", "grounding-dino": "hf-grounding-dino", "maskformer": "hf-maskformer",
+    "mask2former": "hf-maskformer", "oneformer": "hf-maskformer", "dpt-depth": "hf-dpt",
+    "depth-anything": "hf-depth-anything", "glpn": "hf-glpn", "zoedepth": "hf-zoedepth", "clip": "hf-clip-vision",
+    "siglip": "hf-clip-vision", "siglip2": "hf-clip-vision", "vitmae": "hf-vitmae", "videomae": "hf-video",
+    "timesformer": "hf-video", "vivit": "hf-video", "sam": "hf-sam",
+}
+HF_TASK_CASES = {case: (family, *_hf_case(case)) for case, family in _HF_FAMILIES.items()}
+
+#: every task case: torchvision and transformers
+TASK_ZOO = {**TV_TASK_ZOO, **{f"hf-{case}": value for case, value in HF_TASK_CASES.items()}}

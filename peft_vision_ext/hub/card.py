@@ -45,6 +45,12 @@ def infer_task(model: Any) -> str:
     if detection is not None and detection.task:
         return detection.task
     name = type(model).__name__
+    if "DepthEstimation" in name:
+        return "depth-estimation"
+    if "VideoClassification" in name:
+        return "video-classification"
+    if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):
+        return "zero-shot-image-classification"  # CLIP / SigLIP dual encoders
     if "Segmentation" in name or type(model).__module__.startswith("torchvision.models.segmentation"):
         return "image-segmentation"
     if "Classification" in name or getattr(model, "num_classes", 0) or hasattr(model, "fc") \

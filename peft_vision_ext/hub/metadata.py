@@ -43,7 +43,12 @@ def is_vision_model(model: nn.Module) -> bool:
     """Models whose adapters get a vision card: timm, torchvision, transformers with pixel inputs, or described."""
     library = library_of(model)
     if library == "transformers":
-        return getattr(model, "main_input_name", None) == "pixel_values"
+        if getattr(model, "main_input_name", None) == "pixel_values":
+            return True
+        from ..presets import detect_family  # local: presets import the matrix, which imports hub
+
+        detection = detect_family(model)  # text-queried detectors (OWL-ViT: input_ids first), dual encoders
+        return detection is not None and detection.registered
     return library is not None or card_info(model).task is not None
 
 

@@ -31,8 +31,10 @@ from .fsdp1_state_keys import _install_fsdp1_adapter_keys
 from .fused_slices import _install_fused_slices
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
+from .mha_restore import _install_mha_exact_restore
 from .model_card import _install_vision_model_card
 from .sharded_save import _install_sharded_save
+from .heads_to_save import _install_tied_weights_without_embeddings
 from .weight_routing import _install_weight_routing
 
 __all__ = [
@@ -157,6 +159,22 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_fused_slices,
+    ),
+    Hook(
+        name="mha-exact-restore",
+        why="LoRA on nn.MultiheadAttention merges and unmerges at every forward: the frozen base weights drifted by "
+            "rounding each step (torchvision ViT, SigLIP pooling head, Mask2Former/OneFormer decoders)",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_mha_exact_restore,
+    ),
+    Hook(
+        name="tied-weights-without-embeddings",
+        why="PEFT asks models with tied weights for their input embeddings: detection transformers tie their heads "
+            "but have none, and get_peft_model crashed (Deformable DETR, DAB-DETR, RT-DETRv2, D-FINE, Grounding DINO)",
+        min_peft=MIN_PEFT,  # installs only where PEFT has _get_module_names_tied_with_embedding
+        max_peft=None,
+        install=_install_tied_weights_without_embeddings,
     ),
     Hook(
         name="fsdp1-adapter-keys",

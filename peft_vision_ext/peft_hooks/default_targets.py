@@ -75,6 +75,7 @@ def _install_default_targets() -> None:
         from ..compat.enforce import enforce_injection
         from ..fused import slices
         from .adalora_allocator import quiet_adalora_rank_pattern
+        from .heads_to_save import fix_modules_to_save
 
         fill_vision_defaults(self, model, adapter_name)
         translate_legacy_targets(self, model, adapter_name)
@@ -87,6 +88,8 @@ def _install_default_targets() -> None:
         with quiet_adalora_rank_pattern(config):
             result = original(self, model, adapter_name, *args, **kwargs)
         slices.apply(model, adapter_name, config)
+        # Heads trained in full: tied ones stay tied, suffix-matched nested copies go (heads_to_save.py).
+        fix_modules_to_save(model, adapter_name)
         # AdaLoRA's SVD factors start orthonormal on vision models (adalora/init.py): PEFT exposes no init hook.
         apply_requested_init(self, model, adapter_name)
         return result

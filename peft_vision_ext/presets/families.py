@@ -53,7 +53,7 @@ class VisionFamily:
     # matched against whole module paths), trained in full via modules_to_save instead of the generic head names.
     task: str | None = None
     parts: tuple[tuple[str, Part], ...] = ()
-    heads: tuple[str, ...] = ()
+    heads: tuple[str, ...] | None = None  # None: the generic head attributes (classifier, head, fc, ...)
     why: str = ""  # one line for the README's task table: what the default adapts and trains, and why
 
     def matches(self, model: nn.Module) -> bool:
@@ -124,9 +124,12 @@ for _entry in (
     VisionFamily("hf-resnet", "transformers", _C, model_types=("resnet",)),
     VisionFamily("hf-mobilenet", "transformers", _C, model_types=("mobilenet_v1", "mobilenet_v2")),
     VisionFamily("hf-segformer", "transformers", _T, model_types=("segformer",)),
-    VisionFamily("hf-dpt", "transformers", _T, model_types=("dpt",)),
+    VisionFamily("hf-dpt", "transformers", _T, model_types=("dpt",), parts=((r"^neck(\.|$)", Part.NECK),)),
+    # Dual encoders (CLIPModel, SiglipModel): the text tower is adapted on request (presets' towers="text"/"both").
     VisionFamily("hf-clip-vision", "transformers", _T,
-                 model_types=("clip_vision_model", "clip", "siglip_vision_model", "siglip", "siglip2_vision_model")),
+                 model_types=("clip_vision_model", "clip", "siglip_vision_model", "siglip", "siglip2_vision_model",
+                              "siglip2"),
+                 parts=((r"(^|\.)(text_model|text_projection)(\.|$)", Part.TEXT),)),
     VisionFamily("hf-upernet", "transformers", None, model_types=("upernet",)),
     # torchvision
     VisionFamily("tv-resnet", "torchvision", _C, ("ResNet",)),
@@ -152,7 +155,7 @@ def head_names(model: nn.Module, family: VisionFamily | None = None) -> list[str
     (a module shared by two paths, such as Deformable DETR's ``class_embed`` and ``model.decoder.class_embed``, is
     listed once); other models get the generic head attributes.
     """
-    if family is not None and family.heads:
+    if family is not None and family.heads is not None:
         patterns = [re.compile(pattern) for pattern in family.heads]
         found = [name for name, _ in model.named_modules() if name and any(p.fullmatch(name) for p in patterns)]
         return [name for name in found if not any(name.startswith(other + ".") for other in found)]

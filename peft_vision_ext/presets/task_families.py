@@ -8,7 +8,7 @@ for the README on what the default adapts. Everything here is data; :mod:`.famil
 from __future__ import annotations
 
 from .families import VisionFamily, register_family
-from .roles import Part
+from .roles import Part, Role
 
 _PRETRAINED = dict.fromkeys(("lora", "adalora", "loha", "lokr", "ia3"), "pretrained")
 
@@ -57,5 +57,96 @@ for _entry in (
                  heads=(r"classifier\.low_classifier", r"classifier\.high_classifier"),
                  why="backbone and the head's pretrained 1x1 convs are adapted; the low and high classifier convs "
                      "are trained in full"),
+):
+    register_family(_entry)
+
+
+# transformers task models. Paths hold on transformers 4.57 and 5.x (5.x renamed leaves, not these prefixes; RT-DETR's
+# AIFI encoder is model.encoder.encoder on 4.57, model.encoder.aifi on 5.x).
+_DETR_PARTS = ((r"^model\.(input_projection|input_proj)(\.|$)", Part.NECK),
+               (r"^model\.(encoder|enc_output|enc_output_norm|pos_trans)(\.|$)", Part.ENCODER),
+               (r"^model\.decoder(\.|$)", Part.DECODER))
+_RT_DETR_PARTS = ((r"^model\.encoder\.(aifi|encoder)(\.|$)", Part.ENCODER),
+                  (r"^model\.(encoder_input_proj|encoder|decoder_input_proj)(\.|$)", Part.NECK),
+                  (r"^model\.(enc_output|enc_score_head|enc_bbox_head)(\.|$)", Part.ENCODER),
+                  (r"^model\.decoder(\.|$)", Part.DECODER))
+_WHY_DETR = ("q/v of the transformer encoder and decoder (the CNN backbone stays frozen: `backbone` or `pretrained` "
+             "adapt it); class logits and box MLP trained in full")
+_WHY_DEFORMABLE = ("q/v of the encoder/decoder (deformable attention: value projections); the per-layer class and box "
+                   "heads are trained in full and kept tied where the model ties them")
+# 4.57's Conditional DETR keeps its decoder projections outside the attention module (sa_qcontent_proj, ...).
+_CONDITIONAL_OVERRIDES = ((r"\.(sa|ca)_(qcontent|qpos|qpos_sine)_proj$", Role.Q),
+                          (r"\.(sa|ca)_(kcontent|kpos)_proj$", Role.K), (r"\.(sa|ca)_v_proj$", Role.V))
+_SEG_PARTS = ((r"^model\.pixel_level_module\.decoder(\.|$)", Part.NECK),
+              (r"^model\.transformer_module\.(input_projection|input_projections)(\.|$)", Part.NECK),
+              (r"^model\.transformer_module(\.|$)", Part.DECODER), (r"^model\.task_encoder(\.|$)", Part.ENCODER),
+              (r"^mask_embedder(\.|$)", Part.HEADS))
+_DEPTH_PARTS = ((r"^(neck|decoder)(\.|$)", Part.NECK), (r"^(head|relative_head|metric_head)(\.|$)", Part.HEADS))
+_TEXT = r"(^|\.)(text_model|text_projection|text_backbone)(\.|$)"
+
+for _entry in (
+    VisionFamily("hf-detr", "transformers", "transformer", model_types=("detr", "table-transformer"),
+                 task="object-detection", description="DETR, Table Transformer", parts=_DETR_PARTS,
+                 heads=(r"class_labels_classifier", r"bbox_predictor"), why=_WHY_DETR),
+    VisionFamily("hf-conditional-detr", "transformers", "transformer", model_types=("conditional_detr",),
+                 task="object-detection", description="Conditional DETR", parts=_DETR_PARTS,
+                 overrides=_CONDITIONAL_OVERRIDES, heads=(r"class_labels_classifier", r"bbox_predictor"),
+                 why=_WHY_DETR),
+    VisionFamily("hf-dab-detr", "transformers", "transformer", model_types=("dab-detr",), task="object-detection",
+                 description="DAB-DETR", parts=_DETR_PARTS, heads=(r"class_embed", r"bbox_predictor"),
+                 why=_WHY_DETR),
+    VisionFamily("hf-deformable-detr", "transformers", "transformer", model_types=("deformable_detr",),
+                 task="object-detection", description="Deformable DETR (plain, box refinement, two-stage)",
+                 parts=_DETR_PARTS, heads=(r"(model\.decoder\.)?(class|bbox)_embed\.\d+",), why=_WHY_DEFORMABLE),
+    VisionFamily("hf-rt-detr", "transformers", "transformer", model_types=("rt_detr", "rt_detr_v2", "d_fine"),
+                 task="object-detection", description="RT-DETR, RT-DETRv2, D-FINE", parts=_RT_DETR_PARTS,
+                 heads=(r"(model\.decoder\.)?(class|bbox)_embed\.\d+", r"model\.enc_(score|bbox)_head"),
+                 why="q/v of the AIFI encoder and the decoder; the hybrid encoder's convs are a neck (`backbone+neck`"
+                     " adapts them); query-selection and per-layer class/box heads trained in full, ties kept"),
+    VisionFamily("hf-yolos", "transformers", "transformer", model_types=("yolos",), task="object-detection",
+                 description="YOLOS", heads=(r"class_labels_classifier", r"bbox_predictor"),
+                 why="a plain ViT: q/v of every block; class and box MLPs trained in full"),
+    VisionFamily("hf-owlvit", "transformers", "transformer", model_types=("owlvit", "owlv2"),
+                 task="zero-shot-object-detection", description="OWL-ViT, OWLv2 (text-queried detection)",
+                 parts=((_TEXT, Part.TEXT), (r"^(class_head|box_head|objectness_head)(\.|$)", Part.HEADS)), heads=(),
+                 why="q/v of the image tower (towers='both' adds the text tower); classes are text queries, so no "
+                     "head is re-initialised; `heads` adapts the class/box/objectness MLPs"),
+    VisionFamily("hf-grounding-dino", "transformers", "transformer", model_types=("grounding-dino",),
+                 task="zero-shot-object-detection", description="Grounding DINO (text-queried detection)",
+                 parts=((_TEXT, Part.TEXT), (r"^model\.input_proj_vision(\.|$)", Part.NECK),
+                        (r"^model\.(encoder|enc_output|enc_output_norm|encoder_output_\w+)(\.|$)", Part.ENCODER),
+                        (r"^model\.decoder(\.|$)", Part.DECODER), (r"^bbox_embed(\.|$)", Part.HEADS)), heads=(),
+                 why="q/v of the Swin backbone, fusion encoder and decoder (image side; towers='both' adds BERT); "
+                     "classes are text tokens, so nothing is re-initialised"),
+    VisionFamily("hf-maskformer", "transformers", "transformer",
+                 model_types=("maskformer", "mask2former", "oneformer"), task="image-segmentation",
+                 description="MaskFormer, Mask2Former, OneFormer", parts=_SEG_PARTS,
+                 heads=(r"class_predictor", r"model\.transformer_module\.decoder\.class_embed"),
+                 why="q/v of the backbone, pixel decoder and mask decoder; the mask-class predictor is re-initialised "
+                     "and trained in full; the mask embedder is pretrained (`heads` adapts it)"),
+    VisionFamily("hf-depth-anything", "transformers", "transformer", model_types=("depth_anything",),
+                 task="depth-estimation", description="Depth Anything (v1, v2)", parts=_DEPTH_PARTS,
+                 heads=(r"head",), why="q/v of the DINOv2 backbone; the small depth head trained in full, the DPT "
+                                       "neck frozen (`backbone+neck` adapts its convs)"),
+    VisionFamily("hf-glpn", "transformers", None, model_types=("glpn",), task="depth-estimation",
+                 description="GLPN", parts=_DEPTH_PARTS, heads=(r"head",),
+                 why="q/v of the SegFormer-style encoder; the depth head trained in full"),
+    VisionFamily("hf-zoedepth", "transformers", "transformer", model_types=("zoedepth",), task="depth-estimation",
+                 description="ZoeDepth", parts=_DEPTH_PARTS, heads=(r"relative_head", r"metric_head"),
+                 why="q/v of the BEiT backbone; the relative and metric (bin) heads trained in full"),
+    VisionFamily("hf-vitmae", "transformers", "transformer", model_types=("vit_mae",),
+                 task="image-feature-extraction", description="ViTMAE pre-training",
+                 parts=((r"^decoder(\.|$)", Part.DECODER),), heads=(),
+                 why="q/v of encoder and pixel decoder (continued MAE pre-training; nothing re-initialised)"),
+    VisionFamily("hf-video", "transformers", "transformer", model_types=("videomae", "timesformer", "vivit"),
+                 task="video-classification", description="VideoMAE, TimeSformer, ViViT (Conv3d patch embedding "
+                 "left frozen)", why="q/v of every block (TimeSformer's fused qkv: the q and v slices); the "
+                 "classifier trained in full"),
+    VisionFamily("hf-sam", "transformers", "transformer", model_types=("sam",), task="mask-generation",
+                 description="SAM", parts=((r"^vision_encoder\.neck(\.|$)", Part.NECK),
+                                           (r"^prompt_encoder(\.|$)", Part.ENCODER),
+                                           (r"^mask_decoder(\.|$)", Part.DECODER)), heads=(),
+                 why="q/v of the image encoder and the mask decoder (`decoder` adapts the mask decoder alone); no "
+                     "class head"),
 ):
     register_family(_entry)

@@ -1,0 +1,42 @@
+"""Hook ``mha-exact-restore``: LoRA on nn.MultiheadAttention leaves the frozen base weights bit-exact after a forward.
+
+PEFT's LoRA ``MultiheadAttention`` merges the adapter into ``in_proj_weight`` / ``out_proj.weight`` before every
+forward and unmerges it after (``W + dW - dW``): each forward rounds the frozen base weights a little, so they
+random-walk during training (torchvision ViT, SigLIP's pooling head, Mask2Former / OneFormer decoders). The base
+then no longer matches its checkpoint: ``load_adapter`` rightly refuses it, and a merge is off by the drift. We keep
+the tensors the base had before the forward and put them back afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+
+def _install_mha_exact_restore() -> None:
+    from peft.tuners.lora.layer import MultiheadAttention
+
+    from . import _MARK, ORIGINALS
+
+    original = MultiheadAttention.forward
+    if getattr(original, _MARK, False):
+        return
+    ORIGINALS["mha-exact-restore"] = original
+
+    @functools.wraps(original)
+    def forward(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.disable_adapters or self.merged:
+            return original(self, query, *args, **kwargs)
+        base = self.get_base_layer()
+        out_base = base.out_proj.get_base_layer()
+        # merge() replaces both tensors by merged copies, so the originals stay untouched until we put them back.
+        saved_in, saved_out = base.in_proj_weight.data, out_base.weight.data
+        try:
+            return original(self, query, *args, **kwargs)
+        finally:
+            if not self.merged:
+                base.in_proj_weight.data = saved_in
+                out_base.weight.data = saved_out
+
+    setattr(forward, _MARK, True)
+    MultiheadAttention.forward = forward
