@@ -69,7 +69,7 @@ def _keypoint_rcnn(num_classes: int = NUM_CLASSES) -> nn.Module:
                                         num_keypoints=num_classes + 2, **_SMALL)
 
 
-#: case id -> (family, builder(num_classes), loss)
+#: case id -> (family, builder(num_classes), loss); the first case of a family is the one tested with every method
 TV_TASK_ZOO: dict[str, tuple[str, Callable[..., nn.Module], Callable[[nn.Module], torch.Tensor]]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": ("tv-faster-rcnn", _tv("fasterrcnn_mobilenet_v3_large_fpn", **_DETECTOR_KW,
                                                               **_SMALL), _detection_loss()),
@@ -82,9 +82,9 @@ TV_TASK_ZOO: dict[str, tuple[str, Callable[..., nn.Module], Callable[[nn.Module]
                           _detection_loss()),
     "ssdlite320_mobilenet_v3_large": ("tv-ssd", _tv("ssdlite320_mobilenet_v3_large", **_DETECTOR_KW),
                                       _detection_loss(size=320)),
-    "fcn_resnet50": ("tv-fcn-deeplab", _tv("fcn_resnet50", **_DETECTOR_KW, aux_loss=True), _segmentation_loss),
     "deeplabv3_mobilenet_v3_large": ("tv-fcn-deeplab", _tv("deeplabv3_mobilenet_v3_large", **_DETECTOR_KW,
                                                            aux_loss=True), _segmentation_loss),
+    "fcn_resnet50": ("tv-fcn-deeplab", _tv("fcn_resnet50", **_DETECTOR_KW, aux_loss=True), _segmentation_loss),
     "lraspp_mobilenet_v3_large": ("tv-lraspp", _tv("lraspp_mobilenet_v3_large", **_DETECTOR_KW), _segmentation_loss),
 }
 
@@ -111,9 +111,9 @@ def _hf_case(case: str) -> tuple[Callable[..., nn.Module], Callable[[nn.Module],
 
 _HF_FAMILIES = {
     "detr": "hf-detr", "table-transformer": "hf-detr", "conditional-detr": "hf-conditional-detr",
-    "dab-detr": "hf-dab-detr", "deformable-detr": "hf-deformable-detr",
-    "deformable-detr-box-refine": "hf-deformable-detr", "deformable-detr-two-stage": "hf-deformable-detr",
-    "rt-detr": "hf-rt-detr", "rt-detr-v2": "hf-rt-detr", "d-fine": "hf-rt-detr", "yolos": "hf-yolos",
+    "dab-detr": "hf-dab-detr", "deformable-detr-box-refine": "hf-deformable-detr",  # tied heads first: the
+    "deformable-detr": "hf-deformable-detr", "deformable-detr-two-stage": "hf-deformable-detr",  # family's case
+    "rt-detr-v2": "hf-rt-detr", "rt-detr": "hf-rt-detr", "d-fine": "hf-rt-detr",  # for every method "yolos": "hf-yolos",
     "owlvit": "hf-owlvit", "owlv2": "hf-owlvit", "grounding-dino": "hf-grounding-dino", "maskformer": "hf-maskformer",
     "mask2former": "hf-maskformer", "oneformer": "hf-maskformer", "dpt-depth": "hf-dpt",
     "depth-anything": "hf-depth-anything", "glpn": "hf-glpn", "zoedepth": "hf-zoedepth", "clip": "hf-clip-vision",

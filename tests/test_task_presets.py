@@ -144,8 +144,19 @@ def test_lora_default_is_live_trains_heads_reloads_and_merges(case, tmp_path):
     assert detect_family(_build(case)).task in (None, infer_task(_build(case)))
 
 
-@pytest.mark.parametrize("method", ["adalora", "loha", "lokr", "ia3"])
-@pytest.mark.parametrize("case", sorted(CASES))
+def _one_per_family():
+    """The first (lightest-listed) case of every family: the default suite's cases for the other methods."""
+    chosen = {}
+    for case, (family, _, _) in CASES.items():
+        chosen.setdefault(family, case)
+    return sorted(chosen.values())
+
+
+_METHOD_CASES = [pytest.param(case, method, marks=() if case in _one_per_family() else pytest.mark.slow)
+                 for case in sorted(CASES) for method in ("adalora", "loha", "lokr", "ia3")]
+
+
+@pytest.mark.parametrize(("case", "method"), _METHOD_CASES)
 def test_default_trains_heads_with_every_method(case, method):
     peft_model = peft.get_peft_model(_build(case), METHOD_CONFIGS[method]())
     loss = _loss(case, peft_model)
@@ -248,3 +259,55 @@ def test_norm_layers_of_heads_are_not_adapted():
     model = _build("fcn_resnet50")
     for modules in list_presets(model).values():
         assert not any(isinstance(model.get_submodule(m), nn.BatchNorm2d) for m in modules)
+
+
+def test_readme_task_table_matches_the_registry():
+    import pathlib
+
+    from peft_vision_ext.presets.task_families import task_families_markdown
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert task_families_markdown() in readme, "README task table differs: paste task_families_markdown()"
+
+
+def _tied_copies(peft_model):
+    """For every base parameter shared by several wrapped heads: the set of ids of the trainable copies."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    copies = {}
+    for _, wrapper in peft_model.named_modules(remove_duplicate=False):
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            copy = wrapper.modules_to_save["default"]
+            for path, original in wrapper.original_module.named_parameters(remove_duplicate=False):
+                copies.setdefault(id(original), []).append(copy.get_parameter(path))
+    return [group for group in copies.values() if len(group) > 1]
+
+
+@pytest.mark.parametrize("case", ["hf-deformable-detr-box-refine", "hf-deformable-detr-two-stage", "hf-rt-detr-v2",
+                                  "hf-d-fine"])
+def test_tied_heads_stay_tied_through_training_reload_and_merge(case, tmp_path):
+    base = _build(case)
+    tied_in_base = {}
+    for name, param in base.named_parameters(remove_duplicate=False):
+        tied_in_base.setdefault(id(param), []).append(name)
+    shared = [names for names in tied_in_base.values() if len(names) > 1]
+    peft_model = peft.get_peft_model(base, peft.LoraConfig(r=4))
+    groups = _tied_copies(peft_model)
+    if shared:  # transformers 5: tied parameters in separate modules -> one trainable copy per tie
+        assert groups and all(all(p is group[0] for p in group) for group in groups)
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    _loss(case, peft_model).backward()
+    optimizer.step()
+    with torch.no_grad():
+        reference = _loss(case, peft_model)
+    peft_model.save_pretrained(tmp_path)
+    reloaded = pve.load_adapter(str(tmp_path), base_model=_build(case), is_trainable=True)
+    assert all(all(p is group[0] for p in group) for group in _tied_copies(reloaded))
+    with torch.no_grad():
+        torch.testing.assert_close(_loss(case, reloaded), reference, rtol=1e-4, atol=1e-5)
+        merged = reloaded.merge_and_unload()
+        torch.testing.assert_close(_loss(case, merged), reference, rtol=1e-3, atol=1e-4)
+    if shared:  # the merged model ties what the base tied
+        merged_params = dict(merged.named_parameters(remove_duplicate=False))
+        for names in shared:
+            assert all(merged_params[n] is merged_params[names[0]] for n in names), names

@@ -37,26 +37,47 @@ def _sizes(model: nn.Module) -> list[tuple[int, int, int]]:
     if isinstance(timm_cfg, dict) and "input_size" in timm_cfg:
         sizes.append(tuple(timm_cfg["input_size"]))
     hf_config = getattr(model, "config", None)
-    if hf_config is not None and hasattr(hf_config, "image_size"):
-        size = hf_config.image_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-        sizes.append((getattr(hf_config, "num_channels", 3), height, width))
+    for config in (hf_config, getattr(hf_config, "vision_config", None)):  # dual encoders, SAM: the vision tower's
+        if config is not None and isinstance(getattr(config, "image_size", None), (int, list, tuple)):
+            size = config.image_size
+            height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+            sizes.append((getattr(config, "num_channels", 3), height, width))
     if isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
         sizes.append((3, model.image_size, model.image_size))
     sizes.append((3, 224, 224))
     return list(dict.fromkeys(sizes))
 
 
-def example_inputs(model: nn.Module) -> list[torch.Tensor]:
+Example = torch.Tensor | dict[str, torch.Tensor]
+
+
+def example_inputs(model: nn.Module) -> list[Example]:
     """One-image batches of the sizes the model may expect: the model's own ``example_input()`` when it defines
-    one (custom models can), then timm, transformers and torchvision conventions."""
+    one (custom models can), then timm, transformers and torchvision conventions. transformers video models get a
+    clip of ``config.num_frames`` frames; models that also read text (dual encoders, OWL-ViT, Grounding DINO) get a
+    few token ids beside the pixels (keyword arguments)."""
     custom = getattr(model, "example_input", None)
     if callable(custom):
         return [custom()]
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     device = parameter.device if parameter is not None else "cpu"
-    return [torch.zeros(1, *size, dtype=dtype, device=device) for size in _sizes(model)]
+    frames = getattr(getattr(model, "config", None), "num_frames", None)
+    lead = (1, frames) if isinstance(frames, int) and _forward_takes(model, "pixel_values") else (1,)
+    images = [torch.zeros(*lead, *size, dtype=dtype, device=device) for size in _sizes(model)]
+    if _forward_takes(model, "input_ids") and _forward_takes(model, "pixel_values"):
+        ids = torch.full((1, 4), 5, dtype=torch.long, device=device)
+        return [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": image} for image in images]
+    return images
+
+
+def _forward_takes(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -116,9 +137,9 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
     ran = None
     training_only: tuple[str, ...] = ()
 
-    def forward(example: torch.Tensor) -> None:
+    def forward(example: Example) -> None:
         with torch.no_grad(), repack_held_off(model), linear_weights:
-            model(example)
+            model(**example) if isinstance(example, dict) else model(example)
 
     try:
         model.eval()
@@ -131,7 +152,8 @@ def observe(model: nn.Module, names: list[str]) -> Observation:
                 seen.clear()
                 linear_weights.weights.clear()
                 logger.info("peft-vision-ext: could not run %s on %s (%s)", type(model).__name__,
-                            tuple(example.shape), error)
+                            {k: tuple(v.shape) for k, v in example.items()} if isinstance(example, dict)
+                            else tuple(example.shape), error)
         skipped = [n for n in names if n not in seen and id(getattr(base_layer(modules[n]), "weight", None))
                    not in linear_weights.weights]
         if ran is not None and skipped and not any(layer_kind(m) is LayerKind.BNB_8BIT for m in modules.values()):

@@ -51,7 +51,9 @@ def fused_layout(model: nn.Module, name: str) -> FusedLayout | None:
     parts = PARTS[role.value]
     in_features, out_features = _features(module)
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    # timm / torchvision name it num_heads; transformers (SAM, TimeSformer) num_attention_heads
     heads = getattr(parent, "num_heads", None)
+    heads = heads if heads is not None else getattr(parent, "num_attention_heads", None)
     width, remainder = divmod(out_features, len(parts))
     if remainder or not isinstance(heads, int) or heads <= 0 or width % heads:
         found = f"num_heads={heads!r}" if heads is not None else f"no num_heads on {type(parent).__name__}"

@@ -29,12 +29,12 @@ from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
 from .fsdp1_state_keys import _install_fsdp1_adapter_keys
 from .fused_slices import _install_fused_slices
+from .heads_to_save import _install_tied_weights_without_embeddings
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
 from .mha_restore import _install_mha_exact_restore
 from .model_card import _install_vision_model_card
 from .sharded_save import _install_sharded_save
-from .heads_to_save import _install_tied_weights_without_embeddings
 from .weight_routing import _install_weight_routing
 
 __all__ = [

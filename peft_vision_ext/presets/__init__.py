@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
 from ..versions import peft_version
 from . import task_families  # noqa: F401 - registers the detection / segmentation / depth families
-from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, VISION_PARTS, Preset, method_layer_kinds
+from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, Preset, method_layer_kinds
 from .families import Detection, VisionFamily, detect_family, families, register_family
 from .roles import LayerInfo, Part, Role
 

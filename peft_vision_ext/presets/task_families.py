@@ -7,6 +7,8 @@ for the README on what the default adapts. Everything here is data; :mod:`.famil
 
 from __future__ import annotations
 
+import re
+
 from .families import VisionFamily, register_family
 from .roles import Part, Role
 
@@ -128,7 +130,7 @@ for _entry in (
                  task="depth-estimation", description="Depth Anything (v1, v2)", parts=_DEPTH_PARTS,
                  heads=(r"head",), why="q/v of the DINOv2 backbone; the small depth head trained in full, the DPT "
                                        "neck frozen (`backbone+neck` adapts its convs)"),
-    VisionFamily("hf-glpn", "transformers", None, model_types=("glpn",), task="depth-estimation",
+    VisionFamily("hf-glpn", "transformers", "transformer", model_types=("glpn",), task="depth-estimation",
                  description="GLPN", parts=_DEPTH_PARTS, heads=(r"head",),
                  why="q/v of the SegFormer-style encoder; the depth head trained in full"),
     VisionFamily("hf-zoedepth", "transformers", "transformer", model_types=("zoedepth",), task="depth-estimation",
@@ -150,3 +152,28 @@ for _entry in (
                      "class head"),
 ):
     register_family(_entry)
+
+
+def _readable(pattern: str) -> str:
+    """``(model\\.decoder\\.)?(class|bbox)_embed\\.\\d+`` -> ``[model.decoder.]{class,bbox}_embed.N`` (no ``|`` in
+    a Markdown table)."""
+    text = pattern.replace(r"\d+", "N").replace(r"\.", ".")
+    text = re.sub(r"\(([^()]*)\)\?", r"[\1]", text)
+    return re.sub(r"\(([^()]*)\)", lambda m: "{" + m.group(1).replace("|", ",") + "}", text)
+
+
+def task_families_markdown() -> str:
+    """The README's table of task families: what each default adapts and trains in full (a test keeps them equal)."""
+    from .families import families
+
+    rows = ["| family | task | models | default (LoRA) | trained in full | why |", "|---|---|---|---|---|---|"]
+    for family in families():
+        if family.task is None:
+            continue
+        if family.heads is None:
+            heads = "the classifier (generic head names)"
+        else:
+            heads = ", ".join(f"`{_readable(h)}`" for h in family.heads) or "nothing (no class head)"
+        default = family.default_preset("lora") or "by structure"
+        rows.append(f"| {family.name} | {family.task} | {family.description} | `{default}` | {heads} | {family.why} |")
+    return "\n".join(rows)
