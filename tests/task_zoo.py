@@ -113,7 +113,8 @@ _HF_FAMILIES = {
     "detr": "hf-detr", "table-transformer": "hf-detr", "conditional-detr": "hf-conditional-detr",
     "dab-detr": "hf-dab-detr", "deformable-detr-box-refine": "hf-deformable-detr",  # tied heads first: the
     "deformable-detr": "hf-deformable-detr", "deformable-detr-two-stage": "hf-deformable-detr",  # family's case
-    "rt-detr-v2": "hf-rt-detr", "rt-detr": "hf-rt-detr", "d-fine": "hf-rt-detr",  # for every method "yolos": "hf-yolos",
+    "rt-detr-v2": "hf-rt-detr", "rt-detr": "hf-rt-detr", "d-fine": "hf-rt-detr",  # for every method
+    "yolos": "hf-yolos",
     "owlvit": "hf-owlvit", "owlv2": "hf-owlvit", "grounding-dino": "hf-grounding-dino", "maskformer": "hf-maskformer",
     "mask2former": "hf-maskformer", "oneformer": "hf-maskformer", "dpt-depth": "hf-dpt",
     "depth-anything": "hf-depth-anything", "glpn": "hf-glpn", "zoedepth": "hf-zoedepth", "clip": "hf-clip-vision",
