@@ -311,3 +311,32 @@ def test_tied_heads_stay_tied_through_training_reload_and_merge(case, tmp_path):
         merged_params = dict(merged.named_parameters(remove_duplicate=False))
         for names in shared:
             assert all(merged_params[n] is merged_params[names[0]] for n in names), names
+
+
+@pytest.mark.parametrize("case", ["hf-detr", "hf-deformable-detr-box-refine"])
+def test_load_adapter_rebuilds_a_transformers_detector_with_new_classes(case, tmp_path):
+    """The usual recipe: a saved detector (5 classes here) loaded with new classes (3), LoRA, train, save; load_adapter
+    rebuilds the base from its folder, resizes the class heads (tied ones stay tied) and reproduces the model."""
+    import transformers
+
+    _build(case, 5).save_pretrained(tmp_path / "base")
+    class_name = type(_build(case)).__name__
+
+    def load_base():
+        return getattr(transformers, class_name).from_pretrained(tmp_path / "base", num_labels=3,
+                                                                 ignore_mismatched_sizes=True)
+
+    torch.manual_seed(0)
+    peft_model = peft.get_peft_model(load_base(), peft.LoraConfig(r=4))
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    _loss(case, peft_model).backward()
+    optimizer.step()
+    with torch.no_grad():
+        reference = _loss(case, peft_model)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = pve.load_adapter(str(tmp_path / "adapter"))
+    groups = _tied_copies(loaded)
+    assert len(groups) == len(_tied_copies(peft_model)), "the rebuilt base must tie what the trained one tied"
+    assert all(all(p is group[0] for p in group) for group in groups)
+    with torch.no_grad():
+        torch.testing.assert_close(_loss(case, loaded), reference, rtol=1e-4, atol=1e-5)

@@ -177,28 +177,40 @@ def _fetching(where: str, what: str, build: Any) -> nn.Module:
 
 
 def resize_heads(model: nn.Module, heads: dict[str, dict[str, Any]]) -> None:
-    """Give every saved head leaf its saved output size (new heads are trained in full and saved with the adapter)."""
+    """Give every saved head leaf its saved output size (new heads are trained in full and saved with the adapter).
+
+    Heads tied in the model (transformers 5 Deformable DETR / RT-DETRv2: separate modules sharing one weight) get one
+    new module, placed at every path that shared the old weight, so the rebuilt base ties them as the trained one did.
+    """
+    replaced: dict[int, nn.Module] = {}
     for path, saved in heads.items():
         module = model.get_submodule(path)
         shape = list(module.weight.shape)
         if shape == saved["shape"]:
             continue
-        if isinstance(module, nn.Linear) and saved["type"] == "Linear" and shape[1:] == saved["shape"][1:]:
-            new = nn.Linear(module.in_features, saved["shape"][0], bias=module.bias is not None)
-        elif isinstance(module, nn.Conv2d) and saved["type"] == "Conv2d" and shape[1:] == saved["shape"][1:]:
-            new = nn.Conv2d(module.in_channels, saved["shape"][0], module.kernel_size, module.stride, module.padding,
-                            module.dilation, module.groups, module.bias is not None, module.padding_mode)
-        elif isinstance(module, nn.ConvTranspose2d) and saved["type"] == "ConvTranspose2d" \
-                and shape[0] == saved["shape"][0] and shape[2:] == saved["shape"][2:]:
-            # Keypoint R-CNN's keypoint logits: a transposed conv keeps its output channels in dim 1.
-            new = nn.ConvTranspose2d(module.in_channels, saved["shape"][1] * module.groups, module.kernel_size,
-                                     module.stride, module.padding, module.output_padding, module.groups,
-                                     module.bias is not None, module.dilation, module.padding_mode)
-        else:
-            raise AdapterLoadError(f"The rebuilt base's head {path} ({type(module).__name__} {shape}) cannot take the "
-                                   f"saved head ({saved['type']} {saved['shape']}).")
+        new = replaced.get(id(module.weight)) or _resized(module, saved, path)
+        replaced[id(module.weight)] = new
         parent, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new.to(module.weight.device))
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def _resized(module: nn.Module, saved: dict[str, Any], path: str) -> nn.Module:
+    shape = list(module.weight.shape)
+    if isinstance(module, nn.Linear) and saved["type"] == "Linear" and shape[1:] == saved["shape"][1:]:
+        new = nn.Linear(module.in_features, saved["shape"][0], bias=module.bias is not None)
+    elif isinstance(module, nn.Conv2d) and saved["type"] == "Conv2d" and shape[1:] == saved["shape"][1:]:
+        new = nn.Conv2d(module.in_channels, saved["shape"][0], module.kernel_size, module.stride, module.padding,
+                        module.dilation, module.groups, module.bias is not None, module.padding_mode)
+    elif isinstance(module, nn.ConvTranspose2d) and saved["type"] == "ConvTranspose2d" \
+            and shape[0] == saved["shape"][0] and shape[2:] == saved["shape"][2:]:
+        # Keypoint R-CNN's keypoint logits: a transposed conv keeps its output channels in dim 1.
+        new = nn.ConvTranspose2d(module.in_channels, saved["shape"][1] * module.groups, module.kernel_size,
+                                 module.stride, module.padding, module.output_padding, module.groups,
+                                 module.bias is not None, module.dilation, module.padding_mode)
+    else:
+        raise AdapterLoadError(f"The rebuilt base's head {path} ({type(module).__name__} {shape}) cannot take the "
+                               f"saved head ({saved['type']} {saved['shape']}).")
+    return new.to(module.weight.device)
 
 
 def verify_fingerprint(model: nn.Module, metadata: dict[str, Any], where: str) -> None:
