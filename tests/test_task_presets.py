@@ -340,3 +340,16 @@ def test_load_adapter_rebuilds_a_transformers_detector_with_new_classes(case, tm
     assert all(all(p is group[0] for p in group) for group in groups)
     with torch.no_grad():
         torch.testing.assert_close(_loss(case, loaded), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_layers_called_through_a_plain_list_are_left_out_and_refused():
+    """Mask2Former's mask embedder keeps its Linear layers in a Python list that its forward iterates: a PEFT wrapper
+    in their place would never be called. Presets leave them out; targeting them explicitly is refused."""
+    model = _build("hf-mask2former")
+    embedder = "model.transformer_module.decoder.mask_predictor.mask_embedder.0.0"
+    assert not any(embedder in modules for modules in list_presets(model).values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pve.UnsupportedCombinationError, match=r"plain Python list \(Mask2FormerPredictionBlock.layers\)"):
+        peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=[embedder]))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not any("lora" in name for name, _ in model.named_modules())

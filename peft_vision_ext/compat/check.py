@@ -212,6 +212,15 @@ def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> 
     return item.train, item.merge
 
 
+def _held_in_list(owner: str) -> Verdict:
+    return Verdict(
+        Status.REFUSED,
+        f"the forward calls these modules through a plain Python list ({owner}), which PEFT's replacement of the "
+        "module does not reach: the adapter would never be called",
+        "target other modules (`peft-vision check MODEL --preset NAME` lists a preset's modules), or train the "
+        "block holding the list in full (modules_to_save)")
+
+
 def _never_called(parent: str) -> Verdict:
     return Verdict(
         Status.REFUSED,
@@ -244,6 +253,9 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
         notes.append(f"could not run {type(model).__name__} on an example input: whether its forward calls every "
                      "targeted module (and which Linear layers get 4-D input) was not checked")
     never_called = set(observation.never_called([path for path, _ in targets]))
+    from ..module_refs import list_held_modules  # local: a model walk only when there are targets
+
+    held = list_held_modules(model) if targets else {}
     if observation.training_only:
         notes.append(f"{name_list(list(observation.training_only))} run in training mode only (auxiliary heads): "
                      "their adapters act in training, not at evaluation")
@@ -252,7 +264,9 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
         kind = layer_kind(module, observation.ndims.get(path))
         train, merge = _verdicts(entry(method, kind, version), module, config, path)
         routed = path in observation.weight_reads
-        if path in never_called:
+        if id(module) in held:
+            train = merge = _held_in_list(held[id(module)])
+        elif path in never_called:
             train = merge = _never_called(path.rpartition(".")[0])
         elif routed and not routable(config):
             label = "DoRA" if getattr(config, "use_dora", False) else METHOD_NAMES.get(method, method)

@@ -167,7 +167,16 @@ def _conv_role(name: str, module: nn.Conv2d) -> Role:
 def _in_attention(name: str, ancestors: list[nn.Module]) -> bool:
     if _ATTENTION_SCOPE.search(name.rsplit(".", 1)[0] if "." in name else ""):
         return True
-    return any(("Attention" in type(a).__name__ or type(a).__name__.endswith("Attn")) for a in ancestors[1:])
+    return any(_is_attention_class(type(a).__name__) for a in ancestors[1:])
+
+
+# A whole decoder / encoder / layer whose name mentions attention (Mask2Former's MaskedAttentionDecoder) is not an
+# attention block: the MLP heads inside it would otherwise count as output projections.
+_NOT_ATTENTION_SUFFIXES = ("Decoder", "Encoder", "Layer", "Model")
+
+
+def _is_attention_class(name: str) -> bool:
+    return ("Attention" in name or name.endswith("Attn")) and not name.endswith(_NOT_ATTENTION_SUFFIXES)
 
 
 def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module, list[nn.Module]]]:
@@ -193,9 +202,12 @@ def infer_layers(
     ``overrides`` are (regex on the full path, role) pairs applied before structural inference; ``parts`` are
     (regex on the full path, part) pairs, the first match wins and unmatched layers are in the backbone.
     """
+    from ..module_refs import list_held_modules
+
     heads = tuple(head_names)
     overrides = tuple(overrides)
     parts = tuple(parts)
+    held = list_held_modules(model)  # called through a plain list: a PEFT wrapper there would never run
     layers: list[LayerInfo] = []
     stem_seen = False
     for name, module, ancestors in _walk(model):
@@ -207,7 +219,7 @@ def infer_layers(
         is_linear = _is_linear(module)
         is_conv = isinstance(module, nn.Conv2d)
         is_norm = isinstance(module, _NORM_TYPES)
-        if not (is_mha or is_linear or is_conv or is_norm):
+        if not (is_mha or is_linear or is_conv or is_norm) or id(module) in held:
             continue
         role: Role | None = None
         if any(name == h or name.startswith(h + ".") for h in heads):
