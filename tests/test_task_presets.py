@@ -349,7 +349,8 @@ def test_layers_called_through_a_plain_list_are_left_out_and_refused():
     embedder = "model.transformer_module.decoder.mask_predictor.mask_embedder.0.0"
     assert not any(embedder in modules for modules in list_presets(model).values())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(pve.UnsupportedCombinationError, match=r"plain Python list \(Mask2FormerPredictionBlock.layers\)"):
+    with pytest.raises(pve.UnsupportedCombinationError,
+                       match=r"plain Python list \(Mask2FormerPredictionBlock.layers\)"):
         peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=[embedder]))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any("lora" in name for name, _ in model.named_modules())
