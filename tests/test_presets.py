@@ -147,7 +147,7 @@ def test_empty_preset_names_family_and_roles_and_leaves_model_untouched():
     _, build, _ = CASES["timm-resnet"]
     model = build()
     snapshot = _snapshot(model)
-    with pytest.raises(EmptyPresetError, match="timm-resnet.*Roles found: conv x8"):
+    with pytest.raises(EmptyPresetError, match="timm-resnet.*roles: conv x8"):
         resolve_targets(model, "attention")
     _assert_untouched(model, snapshot)
 

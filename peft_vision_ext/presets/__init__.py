@@ -103,10 +103,12 @@ def _resolve(detection: Detection, preset: str, method: str | None, towers: str 
             lines.append("The model was not modified.")
             raise PresetRefusedError("\n".join(lines), method, "train", left_out)
         valid = [n for n, p in PRESETS.items() if _select(detection, p, method, towers)]
+        where = f" in parts: {wanted_parts}" if PRESETS[preset].parts or towers != "vision" else ""
+        has_parts = f"parts: {parts}; " if len(detection.parts_found()) > 1 or where else ""
         raise EmptyPresetError(
             f"Preset {preset!r} selects no module of this {detection.family.name} model"
-            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}; in parts: "
-            f"{wanted_parts}). This model has parts: {parts}; roles: {roles}. Presets that select something here: "
+            f"{' that ' + method + ' can adapt' if method else ''} (it wants roles: {wanted}{where}). "
+            f"This model has {has_parts}roles: {roles}. Presets that select something here: "
             f"{', '.join(valid) or 'none'}. Choose one of those or pass target_modules explicitly."
         )
     return selected
