@@ -153,6 +153,16 @@ EXTRA: dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]] = {
 }
 
 
+#: One small config per method the presets resolve defaults for (tests of every family and task family).
+METHOD_CONFIGS: dict[str, Callable[[], object]] = {
+    "lora": lambda: __import__("peft").LoraConfig(r=4),
+    "loha": lambda: __import__("peft").LoHaConfig(r=4),
+    "lokr": lambda: __import__("peft").LoKrConfig(r=4),
+    "ia3": lambda: __import__("peft").IA3Config(),
+    "adalora": lambda: __import__("peft").AdaLoraConfig(init_r=4, target_r=2, total_step=10),
+}
+
+
 def all_models() -> dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:
     """case id -> (family, builder, input shape) for every zoo and extra model."""
     cases = {name: (name, build, shape) for name, (build, shape) in ZOO.items()}

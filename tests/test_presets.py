@@ -3,7 +3,7 @@
 import peft
 import pytest
 import torch
-from model_zoo import ZOO, all_models, model_output
+from model_zoo import METHOD_CONFIGS, ZOO, all_models, model_output
 from torch import nn
 
 from peft_vision_ext import (
@@ -20,13 +20,6 @@ from peft_vision_ext.presets import PRESETS, SUPPORTED_METHODS, families, resolv
 from peft_vision_ext.presets.families import _FAMILIES
 
 CASES = all_models()
-METHOD_CONFIGS = {
-    "lora": lambda: peft.LoraConfig(r=4),
-    "loha": lambda: peft.LoHaConfig(r=4),
-    "lokr": lambda: peft.LoKrConfig(r=4),
-    "ia3": lambda: peft.IA3Config(),
-    "adalora": lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10),
-}
 
 
 def test_every_registered_family_has_a_test_model():

@@ -5,6 +5,7 @@ saved adapter reloads and merges to the same model, on both lanes."""
 import peft
 import pytest
 import torch
+from model_zoo import METHOD_CONFIGS
 from task_zoo import TASK_ZOO
 from torch import nn
 
@@ -15,13 +16,6 @@ from peft_vision_ext.presets.families import families
 
 CASES = dict(TASK_ZOO)
 TV_CASES = {case for case in CASES if not case.startswith("hf-")}
-METHOD_CONFIGS = {
-    "lora": lambda: peft.LoraConfig(r=4),
-    "loha": lambda: peft.LoHaConfig(r=4),
-    "lokr": lambda: peft.LoKrConfig(r=4),
-    "ia3": lambda: peft.IA3Config(),
-    "adalora": lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10),
-}
 
 
 def _build(case, num_classes=None, seed=0):
