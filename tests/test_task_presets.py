@@ -313,7 +313,10 @@ def test_load_adapter_rebuilds_a_transformers_detector_with_new_classes(case, tm
     rebuilds the base from its folder, resizes the class heads (tied ones stay tied) and reproduces the model."""
     import transformers
 
-    _build(case, 5).save_pretrained(tmp_path / "base")
+    # transformers 4.57 ties Deformable DETR's heads by sharing modules without declaring them tied: its own
+    # safetensors save refuses the shared tensors (a transformers limitation), so that lane saves the base as .bin.
+    legacy = int(transformers.__version__.split(".")[0]) < 5
+    _build(case, 5).save_pretrained(tmp_path / "base", **({"safe_serialization": False} if legacy else {}))
     class_name = type(_build(case)).__name__
 
     def load_base():

@@ -256,7 +256,10 @@ def precomputed_base(peft_model: Any, state_dict: dict[str, torch.Tensor]) -> di
 
 def heads_of(peft_model: Any) -> dict[str, nn.Module]:
     """The modules PEFT trains in full (``modules_to_save``) by path, as the base model had them before."""
-    return {name: module.original_module for name, module in peft_model.get_base_model().named_modules()
+    # Every path: a head shared by two paths (transformers 4.x Deformable DETR: model.decoder.bbox_embed is
+    # bbox_embed) is excluded from the base fingerprint under both, as the state dict lists it under both.
+    return {name: module.original_module
+            for name, module in peft_model.get_base_model().named_modules(remove_duplicate=False)
             if type(module).__name__ == "ModulesToSaveWrapper"}
 
 

@@ -30,6 +30,7 @@ from .default_targets import _install_default_targets, fill_vision_defaults
 from .fsdp1_state_keys import _install_fsdp1_adapter_keys
 from .fused_slices import _install_fused_slices
 from .heads_to_save import _install_tied_weights_without_embeddings
+from .keyword_heads import _install_modules_to_save_keyword_calls
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
 from .matrix_guards import _install_matrix_merge
 from .mha_restore import _install_mha_exact_restore
@@ -167,6 +168,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_mha_exact_restore,
+    ),
+    Hook(
+        name="modules-to-save-keyword-calls",
+        why="PEFT 0.17's ModulesToSaveWrapper.forward requires a positional input: heads called with keywords only "
+            "(ZoeDepth's relative and metric heads) crashed at the first forward",
+        min_peft=MIN_PEFT,  # installs only where the wrapper's forward has a positional x
+        max_peft=None,
+        install=_install_modules_to_save_keyword_calls,
     ),
     Hook(
         name="tied-weights-without-embeddings",
