@@ -142,8 +142,10 @@ for _entry in (
                  why="q/v of encoder and pixel decoder (continued MAE pre-training; nothing re-initialised)"),
     VisionFamily("hf-video", "transformers", "transformer", model_types=("videomae", "timesformer", "vivit"),
                  task="video-classification", description="VideoMAE, TimeSformer, ViViT (Conv3d patch embedding "
-                 "left frozen)", why="q/v of every block (TimeSformer's fused qkv: the q and v slices); the "
-                 "classifier trained in full"),
+                 "left frozen)", defaults={"ia3": "mlp"},
+                 why="q/v of every block (TimeSformer's fused qkv: the q and v slices); IA3 the MLP (VideoMAE on "
+                     "transformers 4 computes F.linear with q/v weights and its own biases); the classifier trained "
+                     "in full"),
     VisionFamily("hf-sam", "transformers", "transformer", model_types=("sam",), task="mask-generation",
                  description="SAM", parts=((r"^vision_encoder\.neck(\.|$)", Part.NECK),
                                            (r"^prompt_encoder(\.|$)", Part.ENCODER),
