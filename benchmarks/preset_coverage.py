@@ -185,15 +185,16 @@ OTHER_NUM_CLASSES = 5  # a second class count: the parameters whose shape change
 class TaskCase:
     """One model of a task group.
 
-    ``build(num_classes, shrink)`` returns a random-init model; ``inputs(model, labels)`` the forward inputs (with
-    training targets when ``labels`` and the model takes them); ``run(model, inputs)`` the forward output.
+    ``build(num_classes)`` returns a random-init model (``build(num_classes, level)`` where ``levels`` > 1: level
+    ``levels - 1`` the smallest, 0 the default config); ``inputs(model, labels)`` the forward inputs (with training
+    targets when ``labels`` and the model takes them); ``run(model, inputs)`` the forward output.
     """
 
     build: Callable[..., nn.Module]
     inputs: Callable[[nn.Module, bool], Any]
     run: Callable[[nn.Module, Any], Any] = lambda model, inputs: model(**inputs)
     labels: bool = False  # try a training forward with targets first (falls back to plain inputs)
-    shrinkable: bool = False  # build(shrink=False) is the default-depth fallback
+    levels: int = 1  # size levels build() takes: a model that cannot be built or run at one gets the next larger
     notes: list[str] = field(default_factory=list)
 
 
@@ -223,14 +224,14 @@ def objective(output: Any) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
-def _class_dependent(case: TaskCase, model: nn.Module) -> list[str] | None:
+def _class_dependent(case: TaskCase, model: nn.Module, level: int) -> list[str] | None:
     """Parameters whose shape depends on the class count (heads re-initialised for new classes); None if unknown."""
     try:
         with torch.device("meta"):
-            other = case.build(OTHER_NUM_CLASSES)
+            other = _build(case, level, OTHER_NUM_CLASSES)
     except Exception:  # noqa: BLE001 - some builders do not run on the meta device
         try:
-            other = case.build(OTHER_NUM_CLASSES)
+            other = _build(case, level, OTHER_NUM_CLASSES)
         except Exception:  # noqa: BLE001
             return None
     shapes = {name: p.shape for name, p in other.named_parameters(remove_duplicate=False)}
@@ -266,11 +267,28 @@ def _attempt(case: TaskCase, peft_model: nn.Module, inputs: Any, calls: dict[str
     objective(case.run(peft_model, inputs)).backward()
 
 
-def _base_runs(case: TaskCase, shrink: bool, labels: bool) -> Exception | None:
+def _build(case: TaskCase, level: int, num_classes: int = NUM_CLASSES) -> nn.Module:
+    return case.build(num_classes, level) if case.levels > 1 else case.build(num_classes)
+
+
+def _where(error: BaseException) -> str:
+    """Where a build error was raised: the innermost frame of the model's library (file:line and the code)."""
+    import linecache
+
+    frames = traceback.extract_tb(error.__traceback__)
+    frames = [f for f in frames if "site-packages" in f.filename] or frames
+    if not frames:
+        return ""
+    frame = frames[-1]
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    return f" at {os.path.basename(frame.filename)}:{frame.lineno} `{code[:90]}`"
+
+
+def _base_runs(case: TaskCase, level: int, labels: bool) -> Exception | None:
     """Does the model train without the plugin (same inputs)? The error if not."""
     try:
         torch.manual_seed(0)
-        model = case.build(NUM_CLASSES, shrink) if case.shrinkable else case.build(NUM_CLASSES)
+        model = _build(case, level)
         model.train()
         objective(case.run(model, case.inputs(model, labels))).backward()
     except Exception as error:  # noqa: BLE001
@@ -278,14 +296,15 @@ def _base_runs(case: TaskCase, shrink: bool, labels: bool) -> Exception | None:
     return None
 
 
-def strict_check(case: TaskCase, shrink: bool = True) -> str:
+def strict_check(case: TaskCase, level: int = 0) -> str:
+    case.notes.clear()
     torch.manual_seed(0)
     try:
-        model = case.build(NUM_CLASSES, shrink) if case.shrinkable else case.build(NUM_CLASSES)
+        model = _build(case, level)
         model.train()
     except Exception as error:
-        raise NotBuildable(_first_line(error)) from None
-    class_params = _class_dependent(case, model)
+        raise NotBuildable(_first_line(error) + _where(error)) from None
+    class_params = _class_dependent(case, model, level)
     resolution = resolve_default(model, "lora")
     if not resolution.target_modules:
         return "empty preset"
@@ -305,7 +324,7 @@ def strict_check(case: TaskCase, shrink: bool = True) -> str:
         try:
             _attempt(case, peft_model, inputs, calls)
         except Exception as error:
-            base_error = _base_runs(case, shrink, case.labels)
+            base_error = _base_runs(case, level, case.labels)
             if base_error is None:
                 raise  # trains without the plugin: a preset / plugin failure
             if not case.labels:
@@ -318,7 +337,7 @@ def strict_check(case: TaskCase, shrink: bool = True) -> str:
             try:
                 _attempt(case, peft_model, inputs, calls)
             except Exception:
-                base_error = _base_runs(case, shrink, False)
+                base_error = _base_runs(case, level, False)
                 if base_error is not None:
                     raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
                 raise
@@ -368,12 +387,34 @@ _LABEL_TASKS = ("det", "useg", "iseg")
 #: ``backbone_config`` default (never timm, never pretrained weights).
 _NO_DOWNLOAD = dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone=None)
 
-#: Per model type config overrides, only where the default config cannot be built or run here (nested dicts
-#: update sub-configs). Each says why.
-HF_TASK_OVERRIDES: dict[str, dict[str, Any]] = {}
+#: Per model type (or model class) config overrides, only where the default config cannot be built or run here, or
+#: would take minutes on 2 CPU cores. Top-level values go to the config class, nested dicts update sub-configs.
+HF_TASK_OVERRIDES: dict[str, dict[str, Any]] = {
+    # DETR's mask head reads four backbone stages; only the timm default lists them (the transformers ResNet default
+    # returns stage4 alone).
+    "DetrForSegmentation": {"backbone_config": {"out_indices": [1, 2, 3, 4], "out_features": None}},
+    # The default config has no projector scales, so no feature level at all reaches the encoder (torch.cat([])).
+    "lw_detr": {"projector_scale_factors": [1.0]},
+    # The default config has no per-class score thresholds and reading order, and the forward reads both.
+    "pp_doclayout_v2": {"class_thresholds": [0.5] * NUM_CLASSES, "class_order": list(range(NUM_CLASSES))},
+    # The LayerNorms after the vision backbone expect timm's channels-last Swin features; the transformers Swin
+    # backbone (the offline default) returns channels-first maps. Without them the model runs.
+    "omdet-turbo": {"apply_layernorm_after_vision_backbone": False},
+    # Runtime: the default 384-px tiles need 1536-px inputs (35 tiles per image through three ViTs, and a decoder
+    # that upsamples to the input size); 56-px tiles keep the same structure at 224 px (the three encoders' image size
+    # must equal the tile size). The decoder reads the patch encoder's layers 11 and 5: with the depth cut to 2, its
+    # layers 1 and 0.
+    "depth_pro": {"patch_size": 56, "intermediate_hook_ids": [1, 0],
+                  **{f"{part}_model_config": {"image_size": 56} for part in ("image", "patch", "fov")}},
+}
 
 _LAYER_COUNT = re.compile(r"^(num_(\w+_)?layers|(\w+_)?num_(\w+_)?layers|(encoder|decoder)_layers)$")
 _STAGE_DEPTHS = re.compile(r"^(depths|stage_num_blocks)$")
+#: keys holding sizes in pixels or in feature-map cells (scaled together when the input resolution is cut)
+_SIZE_KEYS = ("image_size", "crop_size", "backbone_feature_sizes", "image_embedding_size",
+              "memory_attention_rope_feat_sizes", "low_res_mask_size")
+_FRAME_KEYS = ("num_frames", "frames_per_clip")
+_TIMM = ("timm_backbone", "timm_wrapper")
 
 
 def _update(config: dict, overrides: dict) -> None:
@@ -389,8 +430,9 @@ def _shrink_dict(config: dict) -> None:
 
     Layer counts > 2 become 2; staged CNN / Swin configs get at most 2 blocks per stage (``num_layers`` is their
     stage count there, kept); a stack whose layers are read by index (``out_indices``, DPT's
-    ``backbone_out_indices``) keeps as many layers as it reads, the indices moved to its last layers; windowed /
-    global attention index lists keep the indices that still exist.
+    ``backbone_out_indices``) keeps as many layers as it reads, the indices moved to its last layers, and one whose
+    last ``num_blocks`` layers are special (EoMT) keeps those; windowed / global attention index lists keep the
+    indices that still exist.
     """
     for value in config.values():
         if isinstance(value, dict) and "model_type" in value:
@@ -409,6 +451,8 @@ def _shrink_dict(config: dict) -> None:
         return
     read = [config[k] for k in ("out_indices", "backbone_out_indices") if isinstance(config.get(k), (list, tuple))]
     depth = max([2] + [len(set(r)) for r in read])
+    if isinstance(config.get("num_blocks"), int):
+        depth = max(depth, min(config["num_blocks"], layers))
     config["num_hidden_layers"] = depth
     if isinstance(config.get("out_indices"), (list, tuple)):  # 1-based stage indices (0 is the stem)
         count = len(set(config["out_indices"]))
@@ -423,20 +467,85 @@ def _shrink_dict(config: dict) -> None:
             config[key] = [v for v in value if isinstance(v, int) and v < depth]
 
 
-def _hf_task_config(model_type: str, num_labels: int, shrink: bool):
+def _patch(config: dict) -> int | None:
+    patch = config.get("patch_size")
+    if patch is None and isinstance(config.get("tubelet_size"), (list, tuple)):
+        patch = config["tubelet_size"][-1]  # ViViT / VideoPrism: (frames, height, width) tubelets
+    if isinstance(patch, (list, tuple)):
+        patch = patch[0]
+    return patch if isinstance(patch, int) else None
+
+
+def _reference_size(config: dict) -> tuple[int, int | None] | None:
+    """(image side, patch size) of the first (sub-)config that has an image size, preferring one with a patch."""
+    found = []
+    for sub in [config] + [value for _, value in _sub_dicts(config)]:
+        size = next((sub[k] for k in ("image_size", "crop_size") if sub.get(k) is not None), None)
+        if isinstance(size, (list, tuple)):
+            size = max(size)
+        if isinstance(size, int):
+            found.append((size, _patch(sub)))
+    return next((item for item in found if item[1]), found[0] if found else None)
+
+
+def _cut_resolution(config: dict) -> None:
+    """Smaller inputs: every size of the config scaled by one ratio so that ViT-style models see a 16 x 16 patch grid
+    (at least 224 px) and other models at most 224 px; videos get at most 4 frames, detectors at most 100 queries."""
+    reference = _reference_size(config)
+    ratio = None
+    if reference is not None:
+        size, patch = reference
+        target = patch * 16 * -(-224 // (patch * 16)) if patch else 224
+        if size > target:
+            ratio = target / size
+
+    def scale(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [scale(v) for v in value]
+        return max(1, round(value * ratio)) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    for sub in [config] + [value for _, value in _sub_dicts(config)]:
+        for key in _SIZE_KEYS:
+            if ratio is not None and sub.get(key) is not None:
+                sub[key] = scale(sub[key])
+        for key in _FRAME_KEYS:
+            if isinstance(sub.get(key), int) and sub[key] > 4:
+                sub[key] = 4
+        # two-stage detectors pick their queries among the feature cells: at most 100, which a 16 x 16 grid holds
+        if isinstance(sub.get("num_queries"), int) and sub["num_queries"] > 100:
+            sub["num_queries"] = 100
+
+
+def _hf_task_config(model_type: str, class_name: str, num_labels: int, level: int):
+    """The model type's default config, offline-buildable (see _NO_DOWNLOAD, HF_TASK_OVERRIDES); ``level`` 2: depth
+    and input resolution cut (_shrink_dict, _cut_resolution), 1: depth cut only, 0: default depth and resolution."""
     from transformers import CONFIG_MAPPING
 
     config_class = CONFIG_MAPPING[model_type]
-    config = config_class(**_NO_DOWNLOAD)
-    data = config.to_dict()
+    overrides = {**HF_TASK_OVERRIDES.get(model_type, {}), **HF_TASK_OVERRIDES.get(class_name, {})}
+    flat = {k: v for k, v in overrides.items() if not isinstance(v, dict)}
+    try:  # through the constructor: attributes derived from overridden ones are recomputed (to_dict keeps them)
+        data = config_class(**_NO_DOWNLOAD, **flat).to_dict()
+    except Exception:  # noqa: BLE001 - validated together with a sub-config override (DepthPro): set both below
+        data = config_class(**_NO_DOWNLOAD).to_dict()
     for key in _NO_DOWNLOAD:
         data.pop(key, None)
-    _update(data, HF_TASK_OVERRIDES.get(model_type, {}))
-    if shrink:
+    # sub-configs with a timm backbone of their own (MaskFormer's DETR decoder config): their transformers default
+    for _, sub in [("", data)] + list(_sub_dicts(data)):
+        backbone = sub.get("backbone_config")
+        if isinstance(backbone, dict) and backbone.get("model_type") in _TIMM and sub is not data:
+            default = CONFIG_MAPPING[sub["model_type"]](**_NO_DOWNLOAD).backbone_config
+            if default is not None and default.model_type not in _TIMM:
+                sub["backbone_config"] = default.to_dict()
+    _update(data, overrides)
+    if level >= 1:
         _shrink_dict(data)
-    timm_backbones = [key for key, value in _sub_dicts(data) if value.get("model_type") == "timm_backbone"]
-    if timm_backbones:
-        raise RuntimeError(f"{'/'.join(timm_backbones)} is still a timm backbone")
+    if level >= 2:
+        _cut_resolution(data)
+    timm = [(key, value["model_type"]) for key, value in _sub_dicts(data) if value.get("model_type") in _TIMM]
+    if timm:
+        raise RuntimeError(f"{timm[0][0]} is a timm model ({timm[0][1]}) and the config has no transformers "
+                           "default backbone")
     data["num_labels"] = num_labels
     data.pop("id2label", None)
     data.pop("label2id", None)
@@ -471,6 +580,9 @@ def _config_value(config, *names: str):
 
 
 def _image_size(config) -> int:
+    ratios = getattr(config, "scaled_images_ratios", None)
+    if ratios and isinstance(getattr(config, "patch_size", None), int):  # DepthPro: tiles of the smallest scale
+        return round(config.patch_size / min(ratios))
     size = _config_value(config, "image_size", "crop_size")
     if isinstance(size, dict):
         size = size.get("height") or next(iter(size.values()))
@@ -548,13 +660,13 @@ def _hf_inputs(model: nn.Module, task: str, labels: bool) -> dict:
 
 
 def _hf_task_case(task: str, model_type: str, class_name: str) -> TaskCase:
-    def build(num_labels: int = NUM_CLASSES, shrink: bool = True) -> nn.Module:
+    def build(num_labels: int = NUM_CLASSES, level: int = 2) -> nn.Module:
         import transformers
 
-        return getattr(transformers, class_name)(_hf_task_config(model_type, num_labels, shrink))
+        return getattr(transformers, class_name)(_hf_task_config(model_type, class_name, num_labels, level))
 
     return TaskCase(build=build, inputs=lambda model, labels: _hf_inputs(model, task, labels),
-                    labels=task in _LABEL_TASKS, shrinkable=True)
+                    labels=task in _LABEL_TASKS, levels=3)
 
 
 def hf_task_cases() -> dict[str, TaskCase]:
@@ -651,22 +763,28 @@ GROUP_TITLES = {
     "torchvision": "torchvision detection + segmentation builders",
 }
 STRICT_GROUPS = ("transformers-tasks", "torchvision")
+_LEVEL_NAMES = {1: "default resolution", 0: "default config"}
 
 
 def _run_case(library: str, build: Any) -> str:
     if library in STRICT_GROUPS:
         case: TaskCase = build
-        try:
-            result = strict_check(case)
-        except NotBuildable as error:
-            if not case.shrinkable:
-                raise
-            # Cutting the depth can break configs that read fixed layers: the default depth then.
+        # The smallest model first; cutting depth or resolution can break configs that read fixed layers or sizes:
+        # the next larger level then (transformers: depth cut only, then the default config).
+        errors = []
+        for level in reversed(range(case.levels)):
             try:
-                result = strict_check(case, shrink=False) + " [default depth]"
-            except NotBuildable as default_error:
-                raise NotBuildable(f"{error} (default depth: {default_error})") from None
-        return result + "".join(f" [{note}]" for note in case.notes)
+                result = strict_check(case, level)
+            except NotBuildable as error:
+                errors.append(str(error))
+                continue
+            if level < case.levels - 1:
+                result += f" [{_LEVEL_NAMES.get(level, f'level {level}')}]"
+            return result + "".join(f" [{note}]" for note in case.notes)
+        if len(set(errors)) == 1:
+            raise NotBuildable(errors[0])
+        raise NotBuildable(errors[0] + "".join(f" ({_LEVEL_NAMES.get(level, level)}: {error})" for level, error
+                                               in zip(reversed(range(case.levels - 1)), errors[1:])))
     try:
         return check(build)
     except Exception:

@@ -23,6 +23,11 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
     if library == "torchvision":
         import torchvision
 
+        import inspect
+
+        # detection / segmentation builders load ImageNet backbone weights by default: random init means none
+        if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+            kwargs["weights_backbone"] = None
         return torchvision.models.get_model(name, weights=None, **kwargs)
     if library in ("hf", "transformers"):
         return _build_transformers(name, num_classes)
