@@ -21,9 +21,9 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
 
         return timm.create_model(name, pretrained=False, **kwargs)
     if library == "torchvision":
-        import torchvision
-
         import inspect
+
+        import torchvision
 
         # detection / segmentation builders load ImageNet backbone weights by default: random init means none
         if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
