@@ -10,6 +10,7 @@ restored; hooks are removed).
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,8 +73,6 @@ def example_inputs(model: nn.Module) -> list[Example]:
 
 
 def _forward_takes(model: nn.Module, name: str) -> bool:
-    import inspect
-
     try:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):

@@ -78,9 +78,14 @@ def resolve_targets(model: nn.Module, preset: str, method: str | None = None, to
     return [layer.name for layer in _resolve(detection, preset, method, towers)]
 
 
+def _selecting(detection: Detection, method: str | None, towers: str) -> list[str]:
+    """Names of the presets that select something on the model (for error messages)."""
+    return [name for name, p in PRESETS.items() if _select(detection, p, method, towers)]
+
+
 def _resolve(detection: Detection, preset: str, method: str | None, towers: str = "vision") -> list[LayerInfo]:
     if preset not in PRESETS:
-        valid = [n for n, p in PRESETS.items() if _select(detection, p, method, towers)]
+        valid = _selecting(detection, method, towers)
         raise UnknownPresetError(
             f"Unknown preset {preset!r} for {detection.family.name}. Presets valid for this model"
             f"{' with ' + method if method else ''}: {', '.join(valid) or 'none'}."
@@ -102,7 +107,7 @@ def _resolve(detection: Detection, preset: str, method: str | None, towers: str 
                       for (kind, reason, instead), paths in left_out.items()]
             lines.append("The model was not modified.")
             raise PresetRefusedError("\n".join(lines), method, "train", left_out)
-        valid = [n for n, p in PRESETS.items() if _select(detection, p, method, towers)]
+        valid = _selecting(detection, method, towers)
         where = f" in parts: {wanted_parts}" if PRESETS[preset].parts or towers != "vision" else ""
         has_parts = f"parts: {parts}; " if len(detection.parts_found()) > 1 or where else ""
         raise EmptyPresetError(
