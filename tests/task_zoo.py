@@ -60,26 +60,39 @@ def _segmentation_loss(model: nn.Module) -> torch.Tensor:
     return sum(value.float().pow(2).mean() for value in output.values())
 
 
-def _keypoint_rcnn(num_classes: int = NUM_CLASSES) -> nn.Module:
-    """Keypoint R-CNN whose keypoint count follows the class count (5 for the default), so that a test which varies
-    the classes also finds the keypoint predictor a new task re-initialises."""
-    import torchvision
+def _resnet18_fpn(returned_layers: list[int] | None = None, extra_blocks: nn.Module | None = None) -> nn.Module:
+    """A ResNet-18 FPN backbone: the detectors' own classes at a third of ResNet-50's cost (tests stay fast)."""
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    return torchvision.models.get_model("keypointrcnn_resnet50_fpn", **{**_DETECTOR_KW, "num_classes": num_classes},
-                                        num_keypoints=num_classes + 2, **_SMALL)
+    return resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5,
+                               returned_layers=returned_layers, extra_blocks=extra_blocks)
+
+
+def _detector(class_name: str, small: dict, **kwargs: object) -> Callable[..., nn.Module]:
+    """torchvision's ``class_name`` detector (MaskRCNN, KeypointRCNN, RetinaNet, FCOS) on a ResNet-18 FPN."""
+    def build(num_classes: int = NUM_CLASSES) -> nn.Module:
+        import torchvision.models.detection as detection
+        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+        dense = class_name in ("RetinaNet", "FCOS")
+        backbone = _resnet18_fpn([2, 3, 4], LastLevelP6P7(256, 256)) if dense else _resnet18_fpn()
+        if class_name == "KeypointRCNN":  # the keypoint count follows the class count, so that a test varying the
+            kwargs["num_keypoints"] = num_classes + 2  # classes also finds the keypoint predictor
+        return getattr(detection, class_name)(backbone, num_classes=num_classes, **small, **kwargs)
+
+    return build
 
 
 #: case id -> (family, builder(num_classes), loss); the first case of a family is the one tested with every method
 TV_TASK_ZOO: dict[str, tuple[str, Callable[..., nn.Module], Callable[[nn.Module], torch.Tensor]]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": ("tv-faster-rcnn", _tv("fasterrcnn_mobilenet_v3_large_fpn", **_DETECTOR_KW,
                                                               **_SMALL), _detection_loss()),
-    "maskrcnn_resnet50_fpn": ("tv-mask-rcnn", _tv("maskrcnn_resnet50_fpn", **_DETECTOR_KW, **_SMALL),
-                              _detection_loss(masks=True)),
-    "keypointrcnn_resnet50_fpn": ("tv-keypoint-rcnn", _keypoint_rcnn, _detection_loss(keypoints=5)),
-    "retinanet_resnet50_fpn": ("tv-retinanet", _tv("retinanet_resnet50_fpn", **_DETECTOR_KW, min_size=64,
-                                                   max_size=64), _detection_loss()),
-    "fcos_resnet50_fpn": ("tv-fcos", _tv("fcos_resnet50_fpn", **_DETECTOR_KW, min_size=64, max_size=64),
-                          _detection_loss()),
+    "maskrcnn_resnet18_fpn": ("tv-mask-rcnn", _detector("MaskRCNN", _SMALL), _detection_loss(masks=True)),
+    "keypointrcnn_resnet18_fpn": ("tv-keypoint-rcnn", _detector("KeypointRCNN", _SMALL),
+                                  _detection_loss(keypoints=5)),
+    "retinanet_resnet18_fpn": ("tv-retinanet", _detector("RetinaNet", dict(min_size=64, max_size=64)),
+                               _detection_loss()),
+    "fcos_resnet18_fpn": ("tv-fcos", _detector("FCOS", dict(min_size=64, max_size=64)), _detection_loss()),
     "ssdlite320_mobilenet_v3_large": ("tv-ssd", _tv("ssdlite320_mobilenet_v3_large", **_DETECTOR_KW),
                                       _detection_loss(size=320)),
     "deeplabv3_mobilenet_v3_large": ("tv-fcn-deeplab", _tv("deeplabv3_mobilenet_v3_large", **_DETECTOR_KW,

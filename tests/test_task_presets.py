@@ -39,6 +39,18 @@ def _loss(case, model):
     return loss
 
 
+def _one_per_family():
+    """The first (lightest-listed) case of every family: the default suite's cases for the other methods."""
+    chosen = {}
+    for case, (family, _, _) in CASES.items():
+        chosen.setdefault(family, case)
+    return sorted(chosen.values())
+
+
+#: The default suite runs the costlier tests on these; the full cross product is marked slow.
+_FIRST_OF_FAMILY = set(_one_per_family())
+
+
 #: Models whose random-init output saturates (ZoeDepth's metric bins): the adapters' effect is checked where the
 #: pretrained part hands its features on.
 _PROBES = {"hf-zoedepth": "neck"}
@@ -95,7 +107,8 @@ def test_re_initialised_heads_go_to_modules_to_save_and_presets_say_where(case):
             assert preset in presets
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=() if case in _FIRST_OF_FAMILY else pytest.mark.slow)
+                                  for case in sorted(CASES)])
 def test_lora_default_is_live_trains_heads_reloads_and_merges(case, tmp_path):
     peft_model = peft.get_peft_model(_build(case), peft.LoraConfig(r=4))
     targets = set(peft_model.base_model.targeted_module_names)
@@ -138,15 +151,7 @@ def test_lora_default_is_live_trains_heads_reloads_and_merges(case, tmp_path):
     assert detect_family(_build(case)).task in (None, infer_task(_build(case)))
 
 
-def _one_per_family():
-    """The first (lightest-listed) case of every family: the default suite's cases for the other methods."""
-    chosen = {}
-    for case, (family, _, _) in CASES.items():
-        chosen.setdefault(family, case)
-    return sorted(chosen.values())
-
-
-_METHOD_CASES = [pytest.param(case, method, marks=() if case in _one_per_family() else pytest.mark.slow)
+_METHOD_CASES = [pytest.param(case, method, marks=() if case in _FIRST_OF_FAMILY else pytest.mark.slow)
                  for case in sorted(CASES) for method in ("adalora", "loha", "lokr", "ia3")]
 
 
