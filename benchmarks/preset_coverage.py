@@ -255,8 +255,8 @@ def _short(names: list[str], limit: int = 4) -> str:
 def _owner(name: str) -> str:
     """Module path of a parameter (LoRA factors: the adapted layer)."""
     name = re.sub(r"^base_model\.model\.", "", name)
-    name = re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\..*$", "", name)
-    return name.rsplit(".", 1)[0]
+    adapted = re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\..*$", "", name)
+    return adapted if adapted != name else name.rsplit(".", 1)[0]
 
 
 def _attempt(case: TaskCase, peft_model: nn.Module, inputs: Any, calls: dict[str, int]) -> None:
@@ -317,37 +317,37 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
         base.get_submodule(name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
     mode = "training targets" if case.labels else "inference inputs"
     try:
-        try:
-            inputs = case.inputs(base, case.labels)
-        except Exception as error:
-            raise NotBuildable(f"inputs: {_first_line(error)}") from None
+        inputs = case.inputs(base, case.labels)
+    except Exception as error:
+        raise NotBuildable(f"inputs: {_first_line(error)}") from None
+    try:
+        _attempt(case, peft_model, inputs, calls)
+    except Exception:
+        base_error = _base_runs(case, level, case.labels)
+        if base_error is None:
+            raise  # trains without the plugin: a preset / plugin failure
+        if not case.labels:
+            raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
+        # the model's own training path fails with these targets: check the inference forward instead
+        case.notes.append(f"training targets fail without the plugin ({_first_line(base_error, 80)}): "
+                          "inference inputs")
+        mode = "inference inputs"
+        inputs = case.inputs(base, False)
         try:
             _attempt(case, peft_model, inputs, calls)
-        except Exception as error:
-            base_error = _base_runs(case, level, case.labels)
-            if base_error is None:
-                raise  # trains without the plugin: a preset / plugin failure
-            if not case.labels:
+        except Exception:
+            base_error = _base_runs(case, level, False)
+            if base_error is not None:
                 raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
-            # the model's own training path fails with these targets: check the inference forward instead
-            case.notes.append(f"training targets fail without the plugin ({_first_line(base_error, 80)}): "
-                              "inference inputs")
-            mode = "inference inputs"
-            inputs = case.inputs(base, False)
-            try:
-                _attempt(case, peft_model, inputs, calls)
-            except Exception:
-                base_error = _base_runs(case, level, False)
-                if base_error is not None:
-                    raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
-                raise
-    except NotBuildable:
-        raise
+            raise
     problems = []
-    never = [name for name, count in calls.items() if count == 0]
+    trainable = [(n, p) for n, p in peft_model.named_parameters(remove_duplicate=False) if p.requires_grad]
+    # A target whose parent computes F.linear with its weight is routed, not called (direct-weight-routing hook):
+    # its adapter still gets a gradient. Only targets neither called nor reached count.
+    reached = {_owner(n) for n, p in trainable if p.grad is not None}
+    never = [name for name, count in calls.items() if count == 0 and name not in reached]
     if never:
         problems.append(f"{len(never)}/{len(targeted)} targets never called: {_short(never)}")
-    trainable = [(n, p) for n, p in peft_model.named_parameters(remove_duplicate=False) if p.requires_grad]
     no_grad = [n for n, p in trainable if p.grad is None]
     if no_grad:
         owners = sorted({_owner(n) for n in no_grad})
@@ -488,6 +488,12 @@ def _reference_size(config: dict) -> tuple[int, int | None] | None:
     return next((item for item in found if item[1]), found[0] if found else None)
 
 
+def _round_to(value: Any, step: int) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_round_to(v, step) for v in value]
+    return max(step, step * round(value / step)) if isinstance(value, int) else value
+
+
 def _cut_resolution(config: dict) -> None:
     """Smaller inputs: every size of the config scaled by one ratio so that ViT-style models see a 16 x 16 patch grid
     (at least 224 px) and other models at most 224 px; videos get at most 4 frames, detectors at most 100 queries."""
@@ -508,6 +514,10 @@ def _cut_resolution(config: dict) -> None:
         for key in _SIZE_KEYS:
             if ratio is not None and sub.get(key) is not None:
                 sub[key] = scale(sub[key])
+        patch = _patch(sub)
+        for key in ("image_size", "crop_size"):  # whole patches
+            if ratio is not None and patch and sub.get(key) is not None:
+                sub[key] = _round_to(sub[key], patch)
         for key in _FRAME_KEYS:
             if isinstance(sub.get(key), int) and sub[key] > 4:
                 sub[key] = 4
@@ -579,16 +589,19 @@ def _config_value(config, *names: str):
     return None
 
 
-def _image_size(config) -> int:
+def _image_size(config) -> tuple[int, int]:
+    """(height, width) of the input images: the config's image size."""
     ratios = getattr(config, "scaled_images_ratios", None)
     if ratios and isinstance(getattr(config, "patch_size", None), int):  # DepthPro: tiles of the smallest scale
-        return round(config.patch_size / min(ratios))
+        side = round(config.patch_size / min(ratios))
+        return side, side
     size = _config_value(config, "image_size", "crop_size")
     if isinstance(size, dict):
-        size = size.get("height") or next(iter(size.values()))
+        size = [size.get("height"), size.get("width")]
     if isinstance(size, (list, tuple)):
-        size = size[0]
-    return int(size) if size else 128  # CNN backbones read any size: 128 px keeps four stride-32 levels
+        return int(size[0]), int(size[-1])
+    side = int(size) if size else 128  # CNN backbones read any size: 128 px keeps four stride-32 levels
+    return side, side
 
 
 def _token_ids(vocab: int | None, shape: tuple[int, ...]) -> torch.Tensor:
@@ -602,13 +615,13 @@ def _token_ids(vocab: int | None, shape: tuple[int, ...]) -> torch.Tensor:
 def _hf_inputs(model: nn.Module, task: str, labels: bool) -> dict:
     config = model.config
     params = inspect.signature(model.forward).parameters
-    size = _image_size(config)
+    height, width = _image_size(config)
     channels = _config_value(config, "num_channels") or 3
     inputs: dict[str, Any] = {}
     video_key = next((k for k in ("pixel_values_videos",) if k in params), None)
     if task == "video" or (video_key and "pixel_values" not in params):
         frames = int(_config_value(config, "num_frames", "frames_per_clip") or 8)
-        inputs[video_key or "pixel_values"] = torch.randn(BATCH, frames, channels, size, size)
+        inputs[video_key or "pixel_values"] = torch.randn(BATCH, frames, channels, height, width)
     elif getattr(config, "model_type", "") == "siglip2":  # NaFlex: patchified pixels, a mask and the patch grid
         vision = config.vision_config
         patches, grid = vision.num_patches, int(vision.num_patches ** 0.5)
@@ -616,7 +629,7 @@ def _hf_inputs(model: nn.Module, task: str, labels: bool) -> dict:
                       pixel_attention_mask=torch.ones(BATCH, patches, dtype=torch.long),
                       spatial_shapes=torch.tensor([[grid, grid]] * BATCH))
     else:
-        inputs["pixel_values"] = torch.randn(BATCH, channels, size, size)
+        inputs["pixel_values"] = torch.randn(BATCH, channels, height, width)
     text = getattr(config, "text_config", None)
     vocab = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None)
     seq = min(8, int(_config_value(text, "max_position_embeddings") or 8) if text is not None else 8)
@@ -631,21 +644,20 @@ def _hf_inputs(model: nn.Module, task: str, labels: bool) -> dict:
     for name in list(params):  # OmDet-Turbo: classes_input_ids holds every image's class prompts in one batch
         if name == "classes_input_ids" and "classes_structure" in inputs:
             inputs[name] = _token_ids(vocab, (BATCH * NUM_CLASSES, seq))
-    for name, param in params.items():
+    for name in params:
         if name.endswith("attention_mask") and name.replace("attention_mask", "input_ids") in inputs:
             ids = inputs[name.replace("attention_mask", "input_ids")]
             inputs[name] = torch.ones_like(ids)
         elif name == "token_type_ids" and "input_ids" in inputs:
             inputs[name] = torch.zeros_like(inputs["input_ids"])
     if "input_points" in params:  # promptable segmentation: one point per image
-        inputs["input_points"] = torch.rand(BATCH, 1, 1, 2) * size
+        inputs["input_points"] = torch.rand(BATCH, 1, 1, 2) * torch.tensor([width, height])
         inputs["input_labels"] = torch.ones(BATCH, 1, 1, dtype=torch.long)
         if "multimask_output" in params:
             inputs["multimask_output"] = False
     if labels:
-        side = inputs["pixel_values"].shape[-1] if "pixel_values" in inputs else size
-        masks = torch.zeros(2, side, side)
-        masks[0, : side // 2], masks[1, side // 2:] = 1, 1
+        masks = torch.zeros(2, height, width)
+        masks[0, : height // 2], masks[1, height // 2:] = 1, 1
         boxes = torch.tensor([[0.5, 0.25, 1.0, 0.5], [0.5, 0.75, 1.0, 0.5]])  # (cx, cy, w, h), the masks' boxes
         classes = torch.tensor([0, NUM_CLASSES - 1])
         if "labels" in params:
@@ -687,6 +699,8 @@ def hf_task_cases() -> dict[str, TaskCase]:
 
 # --------------------------------------------------------------------------------------------------- torchvision
 _TV_SIZE = 64  # detectors: min_size / max_size where the builder takes them; segmentation: input side
+#: R-CNNs: fewer RPN proposals and sampled RoIs than the 2000 / 512 defaults (runtime; every head still trains)
+_RCNN_SAMPLING = dict(rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100, box_batch_size_per_image=64)
 
 
 def _tv_build(name: str, kind: str, extra: dict) -> Callable[..., nn.Module]:
@@ -734,7 +748,7 @@ def torchvision_cases() -> dict[str, TaskCase]:
     cases: dict[str, TaskCase] = {}
     for name in models.list_models(module=models.detection):
         cases[f"tv:det:{name}"] = TaskCase(
-            build=_tv_build(name, "det", {}), inputs=_tv_det_inputs, labels=True,
+            build=_tv_build(name, "det", _RCNN_SAMPLING if "rcnn" in name else {}), inputs=_tv_det_inputs, labels=True,
             run=lambda model, inputs: model(*inputs) if inputs[1] is not None else model(inputs[0]))
     for name in models.list_models(module=models.segmentation):
         variants = {"": {}}
@@ -848,20 +862,28 @@ def main() -> None:
                 print(f"  {case}: {result}")
     print(f"total: {time.perf_counter() - started_all:.0f} s")
     if args.json:
-        import peft as _peft
-        import transformers
-
-        try:
-            import torchvision
-
-            tv_version = torchvision.__version__
-        except ImportError:
-            tv_version = None
-        meta = {"torch": torch.__version__, "peft": _peft.__version__, "transformers": transformers.__version__,
-                "torchvision": tv_version, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                "seconds": round(time.perf_counter() - started_all, 1), "groups": groups}
+        environment = _environment()
+        for data in report.values():
+            data["environment"] = environment
         with open(args.json, "w") as handle:
-            json.dump({**report, "_meta": meta}, handle, indent=2)
+            json.dump(report, handle, indent=2)
+
+
+def _environment() -> dict[str, Any]:
+    import platform
+
+    import timm
+    import transformers
+
+    try:
+        import torchvision
+
+        tv_version = torchvision.__version__
+    except ImportError:
+        tv_version = None
+    return {"torch": torch.__version__, "peft": peft.__version__, "transformers": transformers.__version__,
+            "timm": timm.__version__, "torchvision": tv_version, "python": platform.python_version(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":
