@@ -8,7 +8,8 @@ Four groups of cases, random init, nothing downloaded:
 - ``transformers-tasks``: every model type of the transformers object-detection, universal / instance segmentation,
   depth-estimation, zero-shot image classification, zero-shot object detection, video-classification and
   mask-generation auto mappings (default config made offline-buildable: timm / pretrained backbones replaced by the
-  transformers ``backbone_config`` default, depth cut to 2 where the config allows);
+  transformers ``backbone_config`` default, a few per-type overrides in ``HF_TASK_OVERRIDES``; depth cut to 2 and
+  inputs to a 16 x 16 patch grid / 224 px where the config allows, the default size where that fails);
 - ``torchvision``: every torchvision detection and segmentation builder (``weights=None``, ``weights_backbone=None``,
   3 classes, small inputs; detectors in training mode on synthetic targets).
 
@@ -21,7 +22,7 @@ trained in full. A model that cannot be built or run without the plugin counts a
 not as a failure. Prints the covered fraction per group and every case not covered; writes JSON with --json.
 
     python benchmarks/preset_coverage.py [--groups timm,transformers,transformers-tasks,torchvision] [--limit N]
-                                         [--json out.json]
+                                         [--match REGEX] [--json out.json]
 """
 
 from __future__ import annotations
@@ -196,6 +197,7 @@ class TaskCase:
     labels: bool = False  # try a training forward with targets first (falls back to plain inputs)
     levels: int = 1  # size levels build() takes: a model that cannot be built or run at one gets the next larger
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # the last check's findings, in full (for the JSON)
 
 
 def _float_tensors(value: Any, seen: set[int] | None = None):
@@ -275,8 +277,8 @@ def _where(error: BaseException) -> str:
     """Where a build error was raised: the innermost frame of the model's library (file:line and the code)."""
     import linecache
 
-    frames = traceback.extract_tb(error.__traceback__)
-    frames = [f for f in frames if "site-packages" in f.filename] or frames
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "site-packages" in f.filename]
+    frames = [f for f in frames if f"{os.sep}torch{os.sep}" not in f.filename] or frames  # the model, not torch.nn
     if not frames:
         return ""
     frame = frames[-1]
@@ -298,6 +300,7 @@ def _base_runs(case: TaskCase, level: int, labels: bool) -> Exception | None:
 
 def strict_check(case: TaskCase, level: int = 0) -> str:
     case.notes.clear()
+    case.details.clear()
     torch.manual_seed(0)
     try:
         model = _build(case, level)
@@ -306,6 +309,10 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
         raise NotBuildable(_first_line(error) + _where(error)) from None
     class_params = _class_dependent(case, model, level)
     resolution = resolve_default(model, "lora")
+    case.details.update(family=resolution.family, preset=resolution.preset, targets=len(resolution.target_modules),
+                        modules_to_save=list(resolution.modules_to_save),
+                        class_specific=None if class_params is None else sorted({n.rsplit(".", 1)[0]
+                                                                                 for n in class_params}))
     if not resolution.target_modules:
         return "empty preset"
     peft_model = peft.get_peft_model(model, peft.LoraConfig(r=4))
@@ -327,7 +334,7 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
         if base_error is None:
             raise  # trains without the plugin: a preset / plugin failure
         if not case.labels:
-            raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
+            raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}{_where(base_error)}") from None
         # the model's own training path fails with these targets: check the inference forward instead
         case.notes.append(f"training targets fail without the plugin ({_first_line(base_error, 80)}): "
                           "inference inputs")
@@ -338,7 +345,8 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
         except Exception:
             base_error = _base_runs(case, level, False)
             if base_error is not None:
-                raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}") from None
+                raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}{_where(base_error)}"
+                                   ) from None
             raise
     problems = []
     trainable = [(n, p) for n, p in peft_model.named_parameters(remove_duplicate=False) if p.requires_grad]
@@ -346,18 +354,22 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
     # its adapter still gets a gradient. Only targets neither called nor reached count.
     reached = {_owner(n) for n, p in trainable if p.grad is not None}
     never = [name for name, count in calls.items() if count == 0 and name not in reached]
+    case.details["inputs"] = mode
     if never:
         problems.append(f"{len(never)}/{len(targeted)} targets never called: {_short(never)}")
+        case.details["targets_never_called"] = never
     no_grad = [n for n, p in trainable if p.grad is None]
     if no_grad:
         owners = sorted({_owner(n) for n in no_grad})
         problems.append(f"{len(no_grad)}/{len(trainable)} trainable parameters get no gradient, in: {_short(owners)}")
+        case.details["trainable_without_gradient"] = owners
     if class_params:
         trained = {_base_name(n) for n, _ in trainable}
         frozen = [n for n in class_params if n not in trained]
         if frozen:
             owners = sorted({n.rsplit(".", 1)[0] for n in frozen})
             problems.append(f"class-specific head left frozen: {_short(owners)}")
+            case.details["class_heads_frozen"] = owners
     heads = resolution.modules_to_save
     summary = (f"{resolution.family}, {resolution.preset}, {len(resolution.target_modules)} modules, "
                f"heads: {', '.join(heads) if heads else 'none'}; {mode}")
@@ -401,11 +413,11 @@ HF_TASK_OVERRIDES: dict[str, dict[str, Any]] = {
     # backbone (the offline default) returns channels-first maps. Without them the model runs.
     "omdet-turbo": {"apply_layernorm_after_vision_backbone": False},
     # Runtime: the default 384-px tiles need 1536-px inputs (35 tiles per image through three ViTs, and a decoder
-    # that upsamples to the input size); 56-px tiles keep the same structure at 224 px (the three encoders' image size
+    # that upsamples to the input size); 28-px tiles keep the same structure at 112 px (the three encoders' image size
     # must equal the tile size). The decoder reads the patch encoder's layers 11 and 5: with the depth cut to 2, its
     # layers 1 and 0.
-    "depth_pro": {"patch_size": 56, "intermediate_hook_ids": [1, 0],
-                  **{f"{part}_model_config": {"image_size": 56} for part in ("image", "patch", "fov")}},
+    "depth_pro": {"patch_size": 28, "intermediate_hook_ids": [1, 0],
+                  **{f"{part}_model_config": {"image_size": 28} for part in ("image", "patch", "fov")}},
 }
 
 _LAYER_COUNT = re.compile(r"^(num_(\w+_)?layers|(\w+_)?num_(\w+_)?layers|(encoder|decoder)_layers)$")
@@ -620,7 +632,7 @@ def _hf_inputs(model: nn.Module, task: str, labels: bool) -> dict:
     inputs: dict[str, Any] = {}
     video_key = next((k for k in ("pixel_values_videos",) if k in params), None)
     if task == "video" or (video_key and "pixel_values" not in params):
-        frames = int(_config_value(config, "num_frames", "frames_per_clip") or 8)
+        frames = int(_config_value(config, "num_frames", "frames_per_clip") or 2)  # no fixed count: 2 frames
         inputs[video_key or "pixel_values"] = torch.randn(BATCH, frames, channels, height, width)
     elif getattr(config, "model_type", "") == "siglip2":  # NaFlex: patchified pixels, a mask and the patch grid
         vision = config.vision_config
@@ -794,6 +806,7 @@ def _run_case(library: str, build: Any) -> str:
                 continue
             if level < case.levels - 1:
                 result += f" [{_LEVEL_NAMES.get(level, f'level {level}')}]"
+                case.details["size"] = _LEVEL_NAMES.get(level, f"level {level}")
             return result + "".join(f" [{note}]" for note in case.notes)
         if len(set(errors)) == 1:
             raise NotBuildable(errors[0])
@@ -831,7 +844,7 @@ def main() -> None:
         group_started = time.perf_counter()
         cases = GROUPS[library]()
         items = [(c, b) for c, b in cases.items() if not args.match or re.search(args.match, c)][: args.limit]
-        results, seconds = {}, {}
+        results, seconds, details = {}, {}, {}
         for case, build in items:
             started = time.perf_counter()
             try:
@@ -840,9 +853,13 @@ def main() -> None:
                 results[case] = f"NOT BUILDABLE {error}"
             except Exception as error:  # noqa: BLE001 - every failure is reported, none stops the run
                 results[case] = f"FAIL {_first_line(error, 160)}"
+                if isinstance(build, TaskCase):
+                    build.details["error"] = f"{type(error).__name__}: {str(error).strip()[:1500]}"
                 if args.verbose:
                     traceback.print_exc()
             seconds[case] = round(time.perf_counter() - started, 1)
+            if isinstance(build, TaskCase) and build.details and not results[case].startswith("NOT BUILDABLE"):
+                details[case] = dict(build.details)
             print(f"{case:<60} {seconds[case]:5.1f}s {results[case]}", flush=True)
         ok = sum(r.startswith("ok") for r in results.values())
         unbuildable = sum(r.startswith("NOT BUILDABLE") for r in results.values())
@@ -850,6 +867,8 @@ def main() -> None:
                            "not_buildable": unbuildable, "not_covered": len(results) - ok - unbuildable,
                            "seconds": round(time.perf_counter() - group_started, 1), "results": results,
                            "case_seconds": seconds}
+        if details:
+            report[library]["details"] = details
     print()
     for library, data in report.items():
         share = 100 * data["covered"] / max(1, data["total"])
