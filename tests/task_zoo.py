@@ -132,7 +132,9 @@ _HF_FAMILIES = {
     "mask2former": "hf-maskformer", "oneformer": "hf-maskformer", "dpt-depth": "hf-dpt",
     "depth-anything": "hf-depth-anything", "glpn": "hf-glpn", "zoedepth": "hf-zoedepth", "clip": "hf-clip-vision",
     "siglip": "hf-clip-vision", "siglip2": "hf-clip-vision", "vitmae": "hf-vitmae", "videomae": "hf-video",
-    "timesformer": "hf-video", "vivit": "hf-video", "sam": "hf-sam",
+    "timesformer": "hf-video", "vivit": "hf-video", "sam": "hf-sam", "lw-detr": "hf-lw-detr",
+    "detr-segmentation": "hf-detr", "eomt": "hf-eomt", "vjepa2": "hf-vjepa2-video", "blip": "hf-clip-vision",
+    "blip-2-retrieval": "hf-blip-2-retrieval",
 }
 HF_TASK_CASES = {case: (family, *_hf_case(case)) for case, family in _HF_FAMILIES.items()}
 

@@ -5,8 +5,10 @@ saved adapter reloads and merges to the same model, on both lanes."""
 import peft
 import pytest
 import torch
+import transformers
 from model_zoo import METHOD_CONFIGS
 from task_zoo import TASK_ZOO
+from task_zoo_hf import NEW_LANE_ONLY
 from torch import nn
 
 import peft_vision_ext as pve
@@ -19,6 +21,8 @@ TV_CASES = {case for case in CASES if not case.startswith("hf-")}
 
 
 def _build(case, num_classes=None, seed=0):
+    if case.removeprefix("hf-") in NEW_LANE_ONLY and int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip(f"{case} is not in transformers {transformers.__version__}")
     family, build, loss = CASES[case]
     torch.manual_seed(seed)
     return build() if num_classes is None else build(num_classes)
@@ -356,3 +360,70 @@ def test_layers_called_through_a_plain_list_are_left_out_and_refused():
         peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=[embedder]))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert not any("lora" in name for name, _ in model.named_modules())
+
+
+class _GroupedHeads(nn.Module):
+    """LW-DETR's naming: a final head ``class_embed`` and per-group heads in a ModuleList ``enc_out_class_embed``."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.enc_out_class_embed = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 3)])
+        self.class_embed = nn.Linear(4, 3)
+        self.decode_head = nn.Linear(4, 3)  # a whole module that `head` matches mid-word: PEFT wraps it, we keep that
+        self.head = nn.Linear(3, 3)
+
+    def forward(self, x):
+        x = self.body(x)
+        return self.head(self.class_embed(x) + sum(h(x) for h in self.enc_out_class_embed) + self.decode_head(x))
+
+
+def test_a_head_name_that_ends_a_module_list_mid_word_no_longer_crashes_peft(tmp_path):
+    from peft.utils.other import ModulesToSaveWrapper
+
+    from peft_vision_ext.peft_hooks import ORIGINALS
+
+    config = dict(target_modules=["body"], modules_to_save=["class_embed", "enc_out_class_embed.0", "head"])
+    torch.manual_seed(0)
+    model = peft.get_peft_model(_GroupedHeads(), peft.LoraConfig(r=2, **config))
+    wrapped = sorted(n for n, m in model.base_model.model.named_modules() if isinstance(m, ModulesToSaveWrapper))
+    assert wrapped == ["class_embed", "decode_head", "enc_out_class_embed.0", "head"]  # decode_head: PEFT's own match
+    assert isinstance(model.base_model.model.enc_out_class_embed, nn.ModuleList)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        model.base_model.model.class_embed.modules_to_save["default"].weight.add_(1.0)
+        expected = model(x)
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    loaded = peft.PeftModel.from_pretrained(_GroupedHeads(), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    # upstream's matching alone: the ModuleList is matched and refused
+    import peft.utils.other as other
+
+    hooked = other._set_trainable
+    other._set_trainable = ORIGINALS["modules-to-save-containers"]
+    try:
+        with pytest.raises(TypeError, match="ModuleList"):
+            peft.get_peft_model(_GroupedHeads(), peft.LoraConfig(r=2, **config))
+    finally:
+        other._set_trainable = hooked
+
+
+def test_load_adapter_resizes_the_denoising_class_embedding():
+    """RT-DETR's denoising embedding has one row per class plus a padding row: a rebuilt base with another class count
+    gets the saved row count, its padding row still last."""
+    from peft_vision_ext.hub.load import resize_heads
+    from peft_vision_ext.hub.metadata import head_shapes
+
+    def with_denoising(num_classes):  # the zoo's tiny RT-DETR turns denoising off, which drops the embedding
+        config = _build("hf-rt-detr", num_classes).config
+        config.num_denoising = 4
+        return transformers.RTDetrForObjectDetection(config)
+
+    small, large = with_denoising(3), with_denoising(5)
+    heads = resolve_default(large, "lora").modules_to_save
+    assert "model.denoising_class_embed" in heads
+    resize_heads(small, head_shapes({h: large.get_submodule(h) for h in heads}))
+    assert {n: p.shape for n, p in small.named_parameters()} == {n: p.shape for n, p in large.named_parameters()}
+    assert small.model.denoising_class_embed.padding_idx == large.model.denoising_class_embed.padding_idx == 5

@@ -41,6 +41,10 @@ def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
                         type(model).__name__, flag)
 
 
+#: what PEFT's ModulesToSaveWrapper refuses to wrap
+CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
 def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dict[str, list[str]]:
     """modules_to_save entry -> modules PEFT also wraps because it matches names by plain string suffix.
 
@@ -54,8 +58,9 @@ def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dic
         return any(name == k or name.endswith("." + k) for k in keys)  # aux_classifier.4: no surprise)
 
     for key in keys:
-        for name, _ in model.named_modules():
-            if name.endswith(key) and not meant(name):
+        for name, module in model.named_modules():
+            # containers are skipped (hook modules-to-save-containers): PEFT could not wrap them anyway
+            if name.endswith(key) and not meant(name) and not isinstance(module, CONTAINERS):
                 surprises.setdefault(key, []).append(name)
     return surprises
 

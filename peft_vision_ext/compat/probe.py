@@ -55,15 +55,19 @@ Example = torch.Tensor | dict[str, torch.Tensor]
 def example_inputs(model: nn.Module) -> list[Example]:
     """One-image batches of the sizes the model may expect: the model's own ``example_input()`` when it defines
     one (custom models can), then timm, transformers and torchvision conventions. transformers video models get a
-    clip of ``config.num_frames`` frames; models that also read text (dual encoders, OWL-ViT, Grounding DINO) get a
-    few token ids beside the pixels (keyword arguments)."""
+    clip of ``config.num_frames`` (V-JEPA 2: ``frames_per_clip``) frames; models that also read text (dual
+    encoders, OWL-ViT, Grounding DINO) get a few token ids beside the pixels (keyword arguments)."""
     custom = getattr(model, "example_input", None)
     if callable(custom):
         return [custom()]
     parameter = next(model.parameters(), None)
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     device = parameter.device if parameter is not None else "cpu"
-    frames = getattr(getattr(model, "config", None), "num_frames", None)
+    config = getattr(model, "config", None)
+    frames = getattr(config, "num_frames", None) or getattr(config, "frames_per_clip", None)  # V-JEPA 2
+    if isinstance(frames, int) and _forward_takes(model, "pixel_values_videos"):  # V-JEPA 2's keyword for clips
+        return [{"pixel_values_videos": torch.zeros(1, frames, *size, dtype=dtype, device=device)}
+                for size in _sizes(model)]
     lead = (1, frames) if isinstance(frames, int) and _forward_takes(model, "pixel_values") else (1,)
     images = [torch.zeros(*lead, *size, dtype=dtype, device=device) for size in _sizes(model)]
     if _forward_takes(model, "input_ids") and _forward_takes(model, "pixel_values"):

@@ -207,6 +207,15 @@ def _resized(module: nn.Module, saved: dict[str, Any], path: str) -> nn.Module:
         new = nn.ConvTranspose2d(module.in_channels, saved["shape"][1] * module.groups, module.kernel_size,
                                  module.stride, module.padding, module.output_padding, module.groups,
                                  module.bias is not None, module.dilation, module.padding_mode)
+    elif isinstance(module, nn.Embedding) and saved["type"] == "Embedding" and shape[1:] == saved["shape"][1:]:
+        # RT-DETR's denoising class embedding: one row per class plus a padding row, kept last when it was last.
+        rows = saved["shape"][0]
+        padding = module.padding_idx
+        if padding is not None and (padding == module.num_embeddings - 1 or padding >= rows):
+            padding = rows - 1
+        new = nn.Embedding(rows, module.embedding_dim, padding_idx=padding, max_norm=module.max_norm,
+                           norm_type=module.norm_type, scale_grad_by_freq=module.scale_grad_by_freq,
+                           sparse=module.sparse)
     else:
         raise AdapterLoadError(f"The rebuilt base's head {path} ({type(module).__name__} {shape}) cannot take the "
                                f"saved head ({saved['type']} {saved['shape']}).")

@@ -71,8 +71,9 @@ def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
         builder = torchvision_builder(model, state, heads or (), weights)
         spec = {"library": "torchvision", "builder": builder,
                 "weights": _qualified_weights(builder, weights) if weights else None}
-        if detector_input_size(model):
-            spec["builder_kwargs"] = detector_input_size(model)
+        size = detector_input_size(model)
+        if size:
+            spec["builder_kwargs"] = size
         return spec
     return {"library": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
@@ -206,7 +207,7 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
     leaves: dict[str, dict[str, Any]] = {}
     for path, head in heads.items():
         for name, module in head.named_modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding)):
                 leaves[f"{path}.{name}" if name else path] = {"type": type(module).__name__,
                                                               "shape": list(module.weight.shape)}
     return leaves

@@ -29,6 +29,7 @@ from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
 from .fsdp1_state_keys import _install_fsdp1_adapter_keys
 from .fused_slices import _install_fused_slices
+from .heads_suffix import _install_modules_to_save_containers
 from .heads_to_save import _install_tied_weights_without_embeddings
 from .keyword_heads import _install_modules_to_save_keyword_calls
 from .legacy_adapters import _install_legacy_state_dict_translation, translate_legacy_targets
@@ -176,6 +177,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,  # installs only where the wrapper's forward has a positional x
         max_peft=None,
         install=_install_modules_to_save_keyword_calls,
+    ),
+    Hook(
+        name="modules-to-save-containers",
+        why="PEFT matches modules_to_save by string suffix: head `class_embed` also hit the ModuleList "
+            "`enc_out_class_embed` (LW-DETR/RF-DETR), which it cannot wrap: get_peft_model and reload crashed",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_modules_to_save_containers,
     ),
     Hook(
         name="tied-weights-without-embeddings",

@@ -18,13 +18,19 @@ def _method_name(config: Any) -> str:
 
 
 def _upstream_has_default(tuner: Any, model: Any, config: Any) -> bool:
-    """Would PEFT itself resolve ``target_modules=None`` for this model (its model_type tables)?"""
+    """Would PEFT itself resolve ``target_modules=None`` for this model (its model_type tables) to names the model
+    has? A model_type's entry can name layers one head class lacks (blip-2's language-model ``q``/``v`` on
+    Blip2ForImageTextRetrieval, which has none): PEFT would then raise "Target modules ... not found"."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     probe = copy.copy(config)
     try:
         probe = tuner._prepare_adapter_config(probe, tuner.get_model_config(model))
     except ValueError:
         return False
-    return getattr(probe, "target_modules", None) is not None
+    if getattr(probe, "target_modules", None) is None:
+        return False
+    return any(check_target_module_exists(probe, name) for name, _ in model.named_modules() if name)
 
 
 def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:

@@ -61,7 +61,8 @@ class VisionFamily:
             return False
         if self.model_types:
             model_type = getattr(getattr(model, "config", None), "model_type", None)
-            return model_type in self.model_types
+            # both given: one head class of an architecture (V-JEPA 2's video classifier, not its pretraining model)
+            return model_type in self.model_types and (not self.classes or type(model).__name__ in self.classes)
         return type(model).__name__ in self.classes
 
     def default_preset(self, method: str) -> str | None:
@@ -128,7 +129,7 @@ for _entry in (
     # Dual encoders (CLIPModel, SiglipModel): the text tower is adapted on request (presets' towers="text"/"both").
     VisionFamily("hf-clip-vision", "transformers", _T,
                  model_types=("clip_vision_model", "clip", "siglip_vision_model", "siglip", "siglip2_vision_model",
-                              "siglip2"),
+                              "siglip2", "metaclip_2", "chinese_clip", "altclip", "blip"),
                  parts=((r"(^|\.)(text_model|text_projection)(\.|$)", Part.TEXT),)),
     VisionFamily("hf-upernet", "transformers", None, model_types=("upernet",)),
     # torchvision
@@ -157,7 +158,10 @@ def head_names(model: nn.Module, family: VisionFamily | None = None) -> list[str
     """
     if family is not None and family.heads is not None:
         patterns = [re.compile(pattern) for pattern in family.heads]
-        found = [name for name, _ in model.named_modules() if name and any(p.fullmatch(name) for p in patterns)]
+        # A pattern may also match the ModuleList holding the per-layer heads (`class_embed` beside `class_embed.0`):
+        # modules_to_save cannot wrap a container, so only the layers count.
+        found = [name for name, module in model.named_modules() if name and any(p.fullmatch(name) for p in patterns)
+                 and not isinstance(module, (nn.ModuleList, nn.ModuleDict))]
         return [name for name in found if not any(name.startswith(other + ".") for other in found)]
     names: list[str] = []
     get_classifier = getattr(model, "get_classifier", None)
@@ -220,7 +224,7 @@ class Detection:
     def parts_found(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for layer in self.layers:
-            if layer.role not in (Role.HEAD, Role.NORM):
+            if layer.role not in (Role.HEAD, Role.NORM, Role.UNCALLED):
                 counts[layer.part.value] = counts.get(layer.part.value, 0) + 1
         return counts
 

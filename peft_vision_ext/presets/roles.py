@@ -36,6 +36,9 @@ class Role(str, Enum):
     STEM = "stem"  # the convolution that sees the image (patch embedding, ResNet conv1, conv_stem)
     HEAD = "head"  # task head: classifier, decode head; trained in full via modules_to_save
     NORM = "norm"
+    # the parent never calls the layer but reads its weight itself (DETR's box attention map convolves with
+    # k_proj.weight): an adapter there would never act, so no preset selects it
+    UNCALLED = "uncalled"
 
 
 class Part(str, Enum):
