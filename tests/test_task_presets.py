@@ -427,3 +427,19 @@ def test_load_adapter_resizes_the_denoising_class_embedding():
     resize_heads(small, head_shapes({h: large.get_submodule(h) for h in heads}))
     assert {n: p.shape for n, p in small.named_parameters()} == {n: p.shape for n, p in large.named_parameters()}
     assert small.model.denoising_class_embed.padding_idx == large.model.denoising_class_embed.padding_idx == 5
+
+
+def test_v_jepa_2_classifier_leaves_the_skipped_predictor_alone():
+    """The video classifier never runs the pretraining predictor: the default leaves it out, and the probe (which
+    feeds ``pixel_values_videos``) refuses it when named explicitly, before the model is touched."""
+    from peft_vision_ext.errors import UnsupportedCombinationError
+
+    model = _build("hf-vjepa2")
+    targets = resolve_default(model, "lora").target_modules
+    assert targets and not any(".predictor." in t for t in targets)
+    assert any(t.startswith("pooler.") for t in targets) and any(".encoder." in t for t in targets)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(UnsupportedCombinationError, match=r"vjepa2\.predictor\.layer\.0\.attention\.query"):
+        peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["query", "value"]))
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    assert not any("lora" in n for n, _ in model.named_modules())

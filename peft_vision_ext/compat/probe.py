@@ -39,8 +39,8 @@ def _sizes(model: nn.Module) -> list[tuple[int, int, int]]:
         sizes.append(tuple(timm_cfg["input_size"]))
     hf_config = getattr(model, "config", None)
     for config in (hf_config, getattr(hf_config, "vision_config", None)):  # dual encoders, SAM: the vision tower's
-        if config is not None and isinstance(getattr(config, "image_size", None), (int, list, tuple)):
-            size = config.image_size
+        size = getattr(config, "image_size", None) or getattr(config, "crop_size", None)  # crop_size: V-JEPA 2
+        if config is not None and isinstance(size, (int, list, tuple)):
             height, width = (size, size) if isinstance(size, int) else tuple(size)[-2:]
             sizes.append((getattr(config, "num_channels", 3), height, width))
     if isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
