@@ -14,7 +14,7 @@ from ..errors import name_list
 from ..peft_hooks.weight_routing import ROUTED_ATTRIBUTE
 from ..quantization.cpu_packing import keep_unpacked
 from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name
-from .kinds import LayerKind, base_layer, layer_kind
+from .kinds import CONTAINERS, LayerKind, base_layer, layer_kind
 from .matrix import Operation, entry
 
 logger = logging.getLogger("peft_vision_ext")
@@ -39,10 +39,6 @@ def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
                 continue
             logger.info("peft-vision-ext: marked %s as %s so PEFT uses its bitsandbytes layers",
                         type(model).__name__, flag)
-
-
-#: what PEFT's ModulesToSaveWrapper refuses to wrap
-CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 
 def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dict[str, list[str]]:

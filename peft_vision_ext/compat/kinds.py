@@ -6,6 +6,9 @@ from enum import Enum
 
 from torch import nn
 
+#: module containers: PEFT can neither adapt nor wrap them (ModulesToSaveWrapper refuses them)
+CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
 
 class LayerKind(str, Enum):
     """What a PEFT method has to wrap. The value is what the matrix, the docs and the CLI print."""

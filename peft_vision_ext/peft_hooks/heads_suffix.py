@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from ..compat.enforce import CONTAINERS
+from ..compat.kinds import CONTAINERS
 
 #: the PEFT modules that bind ``_set_trainable`` by name (``from .utils import _set_trainable``)
 _BINDERS = ("peft.utils.other", "peft.utils", "peft.peft_model", "peft.mixed_model")

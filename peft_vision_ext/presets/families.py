@@ -17,6 +17,7 @@ from typing import Literal
 
 from torch import nn
 
+from ..compat.kinds import CONTAINERS
 from .roles import ATTENTION_ROLES, LayerInfo, Part, Role, infer_layers
 
 Kind = Literal["transformer", "cnn", "hybrid"]
@@ -161,7 +162,7 @@ def head_names(model: nn.Module, family: VisionFamily | None = None) -> list[str
         # A pattern may also match the ModuleList holding the per-layer heads (`class_embed` beside `class_embed.0`):
         # modules_to_save cannot wrap a container, so only the layers count.
         found = [name for name, module in model.named_modules() if name and any(p.fullmatch(name) for p in patterns)
-                 and not isinstance(module, (nn.ModuleList, nn.ModuleDict))]
+                 and not isinstance(module, CONTAINERS)]
         return [name for name in found if not any(name.startswith(other + ".") for other in found)]
     names: list[str] = []
     get_classifier = getattr(model, "get_classifier", None)
