@@ -1,12 +1,16 @@
 """Known-harmless third-party log lines kept out of our output (CLI, quick start, examples, notebooks).
 
-Exactly two bitsandbytes messages, matched by their text; every other record of those loggers (errors included)
-passes. Installed by ``import peft_vision_ext`` before it imports PEFT (which imports bitsandbytes), so entry points
-that import the plugin first never show them:
+Exactly three messages around bitsandbytes, matched by their text; every other record of those loggers (errors
+included) passes. Installed by ``import peft_vision_ext`` before it imports PEFT (which imports bitsandbytes), so
+entry points that import the plugin first never show them:
 
 - ``Failed to load CPU gemm_4bit_forward from kernels-community`` (logged when bitsandbytes is imported on an
   AVX512-BF16 CPU without the optional ``kernels`` package): bitsandbytes then uses its built-in kernel, and the
   plugin keeps 4-bit weights out of that packed path anyway (see :mod:`peft_vision_ext.quantization.cpu_packing`).
+- ``Skipping publisher trust check for 'kernels-community/...' because Hugging Face Hub is in offline mode``
+  (logged by the ``kernels`` package, a dependency of transformers >= 5.25, when bitsandbytes looks for that CPU
+  kernel under ``HF_HUB_OFFLINE=1``): the notice before the one above; offline, the kernel loads only if it is
+  already in the local cache.
 - ``MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization`` (logged at every 8-bit
   forward with fp32 input): int8 matmuls always quantize fp16 activations.
 """
@@ -18,6 +22,7 @@ import logging
 #: logger name -> message prefix dropped from it.
 KNOWN_NOISE: dict[str, str] = {
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/",
     "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast from",
 }
 
