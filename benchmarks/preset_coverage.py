@@ -286,28 +286,27 @@ def _where(error: BaseException) -> str:
     return f" at {os.path.basename(frame.filename)}:{frame.lineno} `{code[:90]}`"
 
 
-def _base_runs(case: TaskCase, level: int, labels: bool) -> Exception | None:
-    """Does the model train without the plugin (same inputs)? The error if not."""
+def _plain_step(case: TaskCase, level: int, labels: bool, inputs: Any = None) -> tuple[nn.Module | None,
+                                                                                     Exception | None]:
+    """One training-mode forward + backward of a fresh build without the plugin (seed 0), on ``inputs`` or the case's
+    own: the model after backward, or the error."""
     try:
         torch.manual_seed(0)
         model = _build(case, level)
         model.train()
-        objective(case.run(model, case.inputs(model, labels))).backward()
+        objective(case.run(model, case.inputs(model, labels) if inputs is None else inputs)).backward()
     except Exception as error:  # noqa: BLE001
-        return error
-    return None
+        return None, error
+    return model, None
 
 
 def _unused_by_base(case: TaskCase, level: int, inputs: Any) -> set[str]:
     """Parameters the plain model (everything trainable) gets no gradient for on these inputs: the forward does not
     use them in this mode (RT-DETR's denoising class embedding without training targets, per-layer class heads that
-    feed only the training losses). Training them or not changes nothing here, so the checks below skip them."""
-    try:
-        torch.manual_seed(0)
-        model = _build(case, level)
-        model.train()
-        objective(case.run(model, inputs)).backward()
-    except Exception:  # noqa: BLE001 - then nothing is exempt
+    feed only the training losses). Training them or not changes nothing here, so the checks below skip them. Empty
+    when the plain model fails (then nothing is exempt)."""
+    model, _ = _plain_step(case, level, case.labels, inputs)
+    if model is None:
         return set()
     return {name for name, p in model.named_parameters(remove_duplicate=False) if p.grad is None}
 
@@ -344,7 +343,7 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
     try:
         _attempt(case, peft_model, inputs, calls)
     except Exception:
-        base_error = _base_runs(case, level, case.labels)
+        base_error = _plain_step(case, level, case.labels)[1]
         if base_error is None:
             raise  # trains without the plugin: a preset / plugin failure
         if not case.labels:
@@ -357,7 +356,7 @@ def strict_check(case: TaskCase, level: int = 0) -> str:
         try:
             _attempt(case, peft_model, inputs, calls)
         except Exception:
-            base_error = _base_runs(case, level, False)
+            base_error = _plain_step(case, level, False)[1]
             if base_error is not None:
                 raise NotBuildable(f"fails without the plugin too: {_first_line(base_error)}{_where(base_error)}"
                                    ) from None
