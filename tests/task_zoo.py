@@ -138,5 +138,15 @@ _HF_FAMILIES = {
 }
 HF_TASK_CASES = {case: (family, *_hf_case(case)) for case, family in _HF_FAMILIES.items()}
 
-#: every task case: torchvision and transformers
-TASK_ZOO = {**TV_TASK_ZOO, **{f"hf-{case}": value for case, value in HF_TASK_CASES.items()}}
+
+def _recipe_fcos(num_classes: int = NUM_CLASSES) -> nn.Module:
+    from peft_vision_ext.detection import fcos_mobilenet_v2
+
+    return fcos_mobilenet_v2(num_classes, image_size=64, pretrained=False)
+
+
+#: our own recipes (peft_vision_ext.detection): only the backbone is pretrained, so FPN and head are trained in full
+RECIPE_TASK_ZOO = {"pve-fcos_mobilenet_v2": ("pve-fcos-mobilenet-v2", _recipe_fcos, _detection_loss())}
+
+#: every task case: torchvision, transformers and our recipes
+TASK_ZOO = {**TV_TASK_ZOO, **{f"hf-{case}": value for case, value in HF_TASK_CASES.items()}, **RECIPE_TASK_ZOO}

@@ -231,3 +231,21 @@ def test_quantized_loha_default_preset_is_refused_by_the_matrix() -> None:
     assert isinstance(raised.value, EmptyPresetError)  # what this raised before; code catching it keeps working
     assert "Instead:" in str(raised.value) and "The model was not modified" in str(raised.value)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_peft_reading_transformers_deprecated_attribute_is_not_shown() -> None:
+    # transformers >= 5.25 deprecates is_gradient_checkpointing, which PEFT reads in every get_peft_model of a
+    # transformers model; on older transformers nothing is warned either way.
+    import transformers
+
+    from peft_vision_ext.noise import filter_known_noise
+
+    config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        filter_known_noise()
+        get_peft_model(transformers.ViTForImageClassification(config), peft.LoraConfig(r=2))
+        warnings.warn("`is_gradient_checkpointing` is deprecated (from elsewhere)", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert messages == ["`is_gradient_checkpointing` is deprecated (from elsewhere)"]

@@ -29,6 +29,7 @@ def _load(name):
 
 classification = _load("image_classification")
 segmentation = _load("semantic_segmentation")
+detection = _load("object_detection")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,8 +150,42 @@ def test_segmentation_adalora(tmp_path):
     _reload_and_compare(tmp_path, base, 1e-4, lambda model, x: model(pixel_values=x).logits)
 
 
+def _check_detection_dir(out: Path):
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "metrics.json",
+                 "reference.safetensors", "peft_vision_ext.json"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "object-detection" in card and "map_50" in card
+
+
+def test_detection_lora_on_imagenet_fcos_reloads_without_a_base(tmp_path):
+    summary = detection.main(["--steps", "12", "--train-size", "48", "--test-size", "16", "--batch-size", "4",
+                              "--no-progress", "--output-dir", str(tmp_path)])
+    assert summary["preset"] == "backbone" and summary["target_modules"] == 34
+    assert summary["modules_to_save"] == ["backbone.fpn", "head"]
+    assert 0.05 < summary["trainable_share"] < 0.25
+    assert summary["map_50_before"] < 0.02, "new heads detect nothing before training"
+    assert summary["reload_max_abs_diff"] == 0.0, "load_adapter rebuilt the recipe's base exactly"
+    assert summary["merge_max_abs_diff"] <= 1e-3
+    _check_detection_dir(tmp_path)
+    metadata = json.loads((tmp_path / "peft_vision_ext.json").read_text())
+    assert metadata["base_model"]["library"] == "peft_vision_ext"
+    assert metadata["base_model"]["builder"] == "fcos_mobilenet_v2"
+
+
+@pytest.mark.parametrize("model", ["hf:detr", "hf:deformable_detr"])
+def test_detection_transformers_detr_runs_the_same_path(tmp_path, model):
+    summary = detection.main(["--model", model, "--steps", "3", "--train-size", "16", "--test-size", "8",
+                              "--batch-size", "4", "--no-progress", "--output-dir", str(tmp_path)])
+    assert summary["target_modules"] > 0 and 0.0 <= summary["map_50"] <= 1.0
+    assert summary["reload_max_abs_diff"] <= 1e-5 and summary["merge_max_abs_diff"] <= 1e-3
+    _check_detection_dir(tmp_path)
+    metadata = json.loads((tmp_path / "peft_vision_ext.json").read_text())
+    assert metadata["base_model"]["name_or_path"] == str(tmp_path / "base")
+
+
 def test_examples_have_help():
-    for module in (classification, segmentation):
+    for module in (classification, segmentation, detection):
         with pytest.raises(SystemExit) as info:
             module.parse_args(["--help"])
         assert info.value.code == 0

@@ -25,6 +25,7 @@ EXPECTED = [
     "02_segmentation_lora",
     "03_quantized_vit",
     "04_adalora_cnn_ranks",
+    "05_detection",
 ]
 # A hang guard, not a speed goal: machines are shared and differ, so no test asserts a wall-clock time.
 CELL_TIMEOUT = 600

@@ -17,7 +17,7 @@ from peft_vision_ext.presets import PRESETS, detect_family, list_presets, resolv
 from peft_vision_ext.presets.families import families
 
 CASES = dict(TASK_ZOO)
-TV_CASES = {case for case in CASES if not case.startswith("hf-")}
+TV_CASES = {case for case in CASES if not case.startswith(("hf-", "pve-"))}
 
 
 def _build(case, num_classes=None, seed=0):

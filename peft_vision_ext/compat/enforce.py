@@ -53,10 +53,15 @@ def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dic
     def meant(name: str) -> bool:  # a whole-name match of some entry (torchvision FCN lists classifier.4 and
         return any(name == k or name.endswith("." + k) for k in keys)  # aux_classifier.4: no surprise)
 
+    def inside_meant(name: str) -> bool:  # part of a module trained in full anyway (the nested wrapper PEFT adds
+        parts = name.split(".")  # there is dropped by the heads-to-save hook): FCOS's head.classification_head
+        return any(meant(".".join(parts[:i])) for i in range(1, len(parts)))
+
     for key in keys:
         for name, module in model.named_modules():
             # containers are skipped (hook modules-to-save-containers): PEFT could not wrap them anyway
-            if name.endswith(key) and not meant(name) and not isinstance(module, CONTAINERS):
+            if (name.endswith(key) and not meant(name) and not isinstance(module, CONTAINERS)
+                    and not inside_meant(name)):
                 surprises.setdefault(key, []).append(name)
     return surprises
 

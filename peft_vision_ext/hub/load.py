@@ -37,7 +37,8 @@ def load_adapter(
 
     The base is rebuilt from ``peft_vision_ext.json``: timm (``hf-hub:``/``local-dir:`` sources or the
     architecture with its pretrained tag and model arguments), transformers (class + name or path, bitsandbytes
-    config included) or torchvision (builder + the weights recorded with ``describe(base_weights=...)``); heads are
+    config included), torchvision (builder + the weights recorded with ``describe(base_weights=...)``) or a recipe of
+    ours (:data:`peft_vision_ext.detection.RECIPES`, builder + arguments, offline weights); heads are
     resized to the saved ones and a base quantized with ``peft_vision_ext.quantize`` is quantized the same way.
     ``base_model`` skips the rebuild (your own model). ``verify_base`` compares every base tensor's fingerprint
     with the saved one and raises :class:`BaseModelMismatchError` on any difference.
@@ -104,6 +105,8 @@ def rebuild_base(metadata: dict[str, Any], where: str = "the adapter") -> nn.Mod
         model = _transformers(spec, where)
     elif library == "torchvision":
         model = _torchvision(spec, where)
+    elif library == "peft_vision_ext":
+        model = _recipe(spec, where)
     else:
         raise AdapterLoadError(f"load_adapter({where!r}): the base model {describe_base(spec)} is not from timm, "
                                "transformers or torchvision, so it cannot be rebuilt from its name. Pass "
@@ -166,6 +169,16 @@ def _torchvision(spec: dict[str, Any], where: str) -> nn.Module:
     kwargs = spec.get("builder_kwargs") or {}
     return _fetching(where, describe_base(spec),
                      lambda: torchvision.models.get_model(spec["builder"], weights=weights, **kwargs))
+
+
+def _recipe(spec: dict[str, Any], where: str) -> nn.Module:
+    from ..detection import RECIPES  # local: detection imports torchvision's detection models
+
+    builder = RECIPES.get(spec.get("builder") or "")
+    if builder is None:
+        raise AdapterLoadError(f"load_adapter({where!r}): this peft-vision-ext has no recipe {spec.get('builder')!r} "
+                               f"(it knows {', '.join(RECIPES)}); upgrade peft-vision-ext or pass base_model=....")
+    return _fetching(where, describe_base(spec), lambda: builder(**(spec.get("builder_kwargs") or {})))
 
 
 def _fetching(where: str, what: str, build: Any) -> nn.Module:

@@ -36,6 +36,8 @@ def library_of(model: nn.Module) -> str | None:
         return "transformers"
     if module.startswith("torchvision.models"):
         return "torchvision"
+    if module.startswith("peft_vision_ext.") and isinstance(getattr(model, "recipe", None), dict):
+        return "peft_vision_ext"  # a recipe of ours (peft_vision_ext.detection.RECIPES): rebuilt from its arguments
     return None
 
 
@@ -75,6 +77,8 @@ def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
         if size:
             spec["builder_kwargs"] = size
         return spec
+    if library == "peft_vision_ext":
+        return {"library": "peft_vision_ext", **model.recipe}
     return {"library": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
@@ -113,6 +117,8 @@ def describe_base(spec: dict[str, Any]) -> str:
         return f"transformers `{spec.get('class')}` ({spec.get('name_or_path') or 'no name or path'})"
     if library == "torchvision":
         return f"torchvision `{spec.get('builder')}` (weights {spec.get('weights') or 'not recorded'})"
+    if library == "peft_vision_ext":
+        return f"peft_vision_ext `{spec.get('builder')}` (weights {spec.get('weights') or 'random init'})"
     return f"`{spec.get('class')}` (a model of your own)"
 
 

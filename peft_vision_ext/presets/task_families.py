@@ -59,6 +59,14 @@ for _entry in (
                  heads=(r"classifier\.low_classifier", r"classifier\.high_classifier"),
                  why="backbone and the head's pretrained 1x1 convs are adapted; the low and high classifier convs "
                      "are trained in full"),
+    # peft_vision_ext.detection.fcos_mobilenet_v2: only the backbone is pretrained (ImageNet), so the whole FPN and
+    # FCOS head are new parts, trained in full; the adapters go on the backbone alone.
+    VisionFamily("pve-fcos-mobilenet-v2", "any", "cnn", ("MobileNetV2FCOS",), task="object-detection",
+                 description="FCOS on the ImageNet MobileNetV2 (peft_vision_ext.detection.fcos_mobilenet_v2)",
+                 defaults=dict.fromkeys(("lora", "adalora", "loha", "lokr", "ia3"), "backbone"), parts=_DENSE_PARTS,
+                 heads=(r"backbone\.fpn", r"head"),
+                 why="only the backbone is pretrained (ImageNet): its groups == 1 convs are adapted; the new FPN and "
+                     "FCOS head are trained in full"),
 ):
     register_family(_entry)
 
