@@ -13,7 +13,7 @@ Per run: COCO mAP@0.5 and mAP@[.5:.95] (torchmetrics, pycocotools backend) on th
 parameters (backbone adapters and new parts counted apart), seconds per epoch, peak resident memory. Each run is
 its own process (clean peak memory).
 
-    python benchmarks/detection.py [--seeds 3] [--steps 600] [--quick]
+    python benchmarks/detection.py [--seeds 3] [--steps 500] [--quick]
 """
 
 from __future__ import annotations
@@ -117,15 +117,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reusable_runs(settings: dict) -> list[dict]:
+    """The runs of the saved results made with ``settings`` (seeds aside); none when the settings differ."""
+    from _common import RESULTS
+
+    path = RESULTS / "detection.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    if {k: v for k, v in saved["settings"].items() if k != "seeds"} != settings:
+        print(f"--reuse: {path} was made with other settings; running everything", file=sys.stderr)
+        return []
+    return saved["runs"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps per run (2 epochs of 2,000 canvases)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=2000, help="training canvases")
     parser.add_argument("--test-size", type=int, default=500, help="test canvases")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 20 steps, 64 / 32 canvases")
+    parser.add_argument("--reuse", action="store_true", help="keep the runs of results/detection.json made with the "
+                        "same settings (more seeds later: --seeds 5 --reuse runs only seeds 3 and 4)")
     parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -135,20 +151,23 @@ def main() -> None:
         return
     from _common import machine, run_child, save
 
-    runs = []
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "train_size", "test_size", "quick")}
+    runs = reusable_runs(settings) if args.reuse else []
     passed = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--train-size", str(args.train_size),
               "--test-size", str(args.test_size)]
     for seed in range(args.seeds):  # seed-major: an interrupted run still has paired results
         for name in args.variants:
+            if any(r["variant"] == name and r["seed"] == seed for r in runs):
+                continue
             runs.append(run_child(__file__, name, str(seed), *passed))
             print(f"{name} seed {seed}: mAP@0.5 {100 * runs[-1]['map_50']:.1f}, mAP {100 * runs[-1]['map']:.1f}, "
                   f"{runs[-1]['seconds_per_epoch']:.0f} s/epoch", file=sys.stderr, flush=True)
+    runs = [r for r in runs if r["seed"] < args.seeds and r["variant"] in args.variants]
     rows = summarize(runs, args.variants)
     print(f"FCOS on ImageNet MobileNetV2 -> MNIST-5k digit detection: {args.train_size} train / {args.test_size} test "
           f"canvases at 128 px, {args.steps} steps of batch {args.batch_size}, {args.seeds} seeds")
     print(table(rows))
-    settings = {k: getattr(args, k) for k in ("seeds", "steps", "batch_size", "train_size", "test_size", "quick")}
-    save("detection", {"machine": machine(), "settings": settings, "rows": rows, "runs": runs})
+    save("detection", {"machine": machine(), "settings": {**settings, "seeds": args.seeds}, "rows": rows, "runs": runs})
 
 
 if __name__ == "__main__":

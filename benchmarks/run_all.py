@@ -1,4 +1,5 @@
-"""Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), LoRA on
+"""Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), detection
+(ImageNet MobileNetV2 FCOS -> MNIST digit boxes), LoRA on
 fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT
 memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of each (fewer seeds, epochs,
 steps and a smaller batch; its numbers are not results). JSON and plots go to benchmarks/results/ (speed and memory
@@ -19,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "accuracy-mobilenet": ("accuracy_mobilenet.py", [], ["--quick"]),
     "accuracy-vit": ("accuracy_vit.py", [], ["--quick"]),
+    "detection": ("detection.py", [], ["--quick"]),
     "fused-qkv": ("fused_qkv.py", ["--seeds", "5"], ["--quick"]),
     "adalora-vision": ("adalora_vision.py", [], ["--quick"]),
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),

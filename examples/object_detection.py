@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default=None, help="a preset name (peft_vision_ext.list_presets); default: the "
                         "family's default for the method")
     parser.add_argument("--rank", type=int, default=8, help="r (AdaLoRA: target_r = r, init_r = 1.5 r)")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=500, help="optimizer steps (2 epochs of 2,000 canvases)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3, help="adapters and new parts")
     parser.add_argument("--train-size", type=int, default=2000, help="training canvases")
