@@ -103,7 +103,6 @@ def build_model(args: argparse.Namespace, out: str) -> tuple[nn.Module, str]:
     if args.model == "fcos-mobilenet-v2":
         model = fcos_mobilenet_v2(len(DIGITS), image_size=args.image_size, init_seed=args.seed)
         return model, "ImageNet MobileNetV2 backbone; new FPN and FCOS head"
-    torch.manual_seed(args.seed)
     model_type = args.model.removeprefix("hf:")
     return tiny_detr(model_type, len(DIGITS), os.path.join(out, "base")), f"tiny {model_type}, random init"
 
@@ -129,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
+    torch.manual_seed(args.seed)  # the adapters' initialisation (the recipe seeds its new parts itself)
     x_train, t_train = detection_tensors(*mnist_detection(args.train_size, image_size=args.image_size,
                                                           split="train", seed=args.seed))
     x_test, t_test = detection_tensors(*mnist_detection(args.test_size, image_size=args.image_size, split="test"))
