@@ -146,3 +146,11 @@ def test_recipe_adapter_reloads_without_a_base_and_merges(tmp_path):
         other.backbone.body.get_submodule("5.conv.0.0").weight.add_(1e-3)
     with pytest.raises(BaseModelMismatchError):
         peft_vision_ext.load_adapter(str(tmp_path), base_model=other)
+
+
+def test_an_unknown_recipe_is_a_clear_error():
+    from peft_vision_ext.errors import AdapterLoadError
+    from peft_vision_ext.hub.load import rebuild_base
+
+    with pytest.raises(AdapterLoadError, match=r"no recipe 'retinanet_v9' \(it knows fcos_mobilenet_v2\).*base_model="):
+        rebuild_base({"base_model": {"library": "peft_vision_ext", "builder": "retinanet_v9"}}, "x")
