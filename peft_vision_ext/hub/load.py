@@ -177,7 +177,8 @@ def _recipe(spec: dict[str, Any], where: str) -> nn.Module:
     builder = RECIPES.get(spec.get("builder") or "")
     if builder is None:
         raise AdapterLoadError(f"load_adapter({where!r}): this peft-vision-ext has no recipe {spec.get('builder')!r} "
-                               f"(it knows {', '.join(RECIPES)}); upgrade peft-vision-ext or pass base_model=<the model>.")
+                               f"(it knows {', '.join(RECIPES)}); upgrade peft-vision-ext or pass "
+                               "base_model=<the model>.")
     return _fetching(where, describe_base(spec), lambda: builder(**(spec.get("builder_kwargs") or {})))
 
 
