@@ -63,25 +63,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from .compat.matrix import matrix_markdown
+    from .compat.matrix import docs_markdown, matrix_markdown
 
+    if args.docs:
+        print(docs_markdown())
+        return 0
     if not args.verify:
         print(matrix_markdown())
         return 0
+    from .compat import grid
     from .compat.matrix import KINDS, METHODS, entry
-    from .compat.verify import run_cell
+    from .compat.rows import GENERATED, installed
+    from .compat.verify import NEEDS_GPU, run_cell
     from .versions import peft_version
 
     failures = 0
-    for method in METHODS:
-        for kind in KINDS:
-            run = run_cell(method, kind)
-            item = entry(method, kind, peft_version())
-            outcome = "ok" if run.ok else f"stopped at {run.failed_stage}: {run.error.splitlines()[0][:100]}"
-            refused = "UnsupportedCombinationError" in run.error
-            failures += not (run.ok or refused)
-            print(f"{method:<11} {kind.value:<15} {item.train.status.value if item else '?':<24} {outcome}")
+    rows = list(METHODS) + [row.name for row in GENERATED if installed(row)]
+    with grid.quiet():
+        for method in rows:
+            for kind in KINDS:
+                item = entry(method, kind, peft_version())
+                if item is None:
+                    continue  # measured below, refusals off
+                run = run_cell(method, kind)
+                outcome = "ok" if run.ok else f"stopped at {run.failed_stage}: {run.error.splitlines()[0][:100]}"
+                refused = "UnsupportedCombinationError" in run.error
+                failures += not (run.ok or refused or run.failed_stage == NEEDS_GPU)
+                print(f"{method:<16} {kind.value:<17} {item.train.status.value:<24} {outcome}", flush=True)
     print(f"{failures} cells failed outside a refusal")
+    missing = grid.unverified_rows()
+    if missing:
+        path, results = grid.verify_locally()
+        for row, outcomes in results.items():
+            working = [kind for kind, result in outcomes.items() if result == grid.OK]
+            print(f"{row:<16} not in the shipped data: works on {', '.join(working) or 'no layer kind'}")
+        print(f"measured {len(results)} methods the shipped data lacks on peft {peft_version()}: {path}\n"
+              f"they stay unverified (passed to PEFT with a warning); set {grid.LOCAL_OPT_IN}=1 to let these results "
+              "refuse what failed here")
     return 1 if failures else 0
 
 
@@ -132,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check)
 
     matrix = commands.add_parser("matrix", help="the compatibility matrix as markdown (as in the README)")
+    matrix.add_argument("--docs", action="store_true",
+                        help="every measured cell with PEFT's outcome per lane (docs/compatibility.md)")
     matrix.add_argument("--verify", action="store_true",
                         help="run every cell on tiny layers with the installed PEFT instead of printing")
     matrix.set_defaults(func=_cmd_matrix)

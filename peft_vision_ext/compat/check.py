@@ -25,7 +25,7 @@ from ..targets import targeted_modules
 from ..versions import peft_version
 from .kinds import LayerKind, layer_kind
 from .kinds import base_layer as _base_layer
-from .matrix import ADVICE, METHOD_NAMES, Entry, Operation, Status, Verdict, entry
+from .matrix import ADVICE, KINDS, METHOD_NAMES, Entry, Operation, Status, Verdict, config_rows, entry, title
 
 _UNVERIFIED = Verdict(Status.UNVERIFIED, "not covered by the compatibility matrix: passed through to PEFT unverified")
 _state = threading.local()
@@ -123,7 +123,7 @@ class CompatReport:
         for module in refused:
             verdict = module.merge if operation is Operation.MERGE else module.train
             groups.setdefault((module.kind.value, verdict.reason, verdict.instead), []).append(module.path)
-        name = METHOD_NAMES.get(self.method, self.method)
+        name = title(self.method)
         verb = "merge into" if operation is Operation.MERGE else "adapt"
         lines = []
         for (kind, reason, instead), paths in groups.items():
@@ -136,7 +136,7 @@ class CompatReport:
     def render(self) -> str:
         """A plain-text table for the CLI: one row per module, totals, warnings."""
         header = f"{'module':<48} {'kind':<15} {'train':<24} {'merge':<24} {'adapter':>9} {'base':>10}"
-        lines = [f"method {METHOD_NAMES.get(self.method, self.method)} on peft {self.peft_version}", header,
+        lines = [f"method {title(self.method)} on peft {self.peft_version}", header,
                  "-" * len(header)]
         for m in self.modules:
             adapter = "-" if m.adapter_params is None else f"{m.adapter_params:,}"
@@ -212,6 +212,22 @@ def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> 
     return item.train, item.merge
 
 
+def row_verdicts(method: str, config: Any, kind: LayerKind, module: nn.Module, path: str,
+                 version: Any) -> tuple[Verdict, Verdict]:
+    """(train, merge) for one module: the method's row and every LoRA variant the config turns on; a refusal by any
+    of them wins, then an unverified row, else the method's own verdicts."""
+    verdicts = [_verdicts(entry(row, kind, version), module, config, path) for row in config_rows(method, config)]
+
+    def worst(pick: int) -> Verdict:
+        for status in (Status.REFUSED, Status.UNVERIFIED):
+            found = next((v[pick] for v in verdicts if v[pick].status is status), None)
+            if found is not None:
+                return found
+        return verdicts[0][pick]
+
+    return worst(0), worst(1)
+
+
 def _held_in_list(owner: str) -> Verdict:
     return Verdict(
         Status.REFUSED,
@@ -262,7 +278,7 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
     modules = []
     for path, module in targets:
         kind = layer_kind(module, observation.ndims.get(path))
-        train, merge = _verdicts(entry(method, kind, version), module, config, path)
+        train, merge = row_verdicts(method, config, kind, module, path, version)
         routed = path in observation.weight_reads
         if id(module) in held:
             train = merge = _held_in_list(held[id(module)])
@@ -272,14 +288,20 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
             label = "DoRA" if getattr(config, "use_dora", False) else METHOD_NAMES.get(method, method)
             train = merge = _not_routable(label, observation.weight_reads[path])
         modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module), routed=routed))
-    if method not in METHOD_NAMES:
-        notes.append(f"{method or type(config).__name__} is not covered by the compatibility matrix: it is passed to "
-                     "PEFT unverified on vision layers")
-    elif any(m.kind is LayerKind.OTHER for m in modules):
-        types = sorted({type(_base_layer(dict(model.named_modules())[m.path])).__name__
-                        for m in modules if m.kind is LayerKind.OTHER})
-        notes.append(f"{METHOD_NAMES[method]} on {', '.join(types)} is not covered by the compatibility matrix "
-                     "(passed to PEFT unverified)")
+    unverified = [m for m in modules if m.train.status is Status.UNVERIFIED]
+    if modules and len(unverified) == len(modules) and all(entry(row, k, version) is None
+                                                           for row in config_rows(method, config) for k in KINDS):
+        notes.append(f"{title(method) or type(config).__name__} is not covered by the compatibility matrix on peft "
+                     f"{version}: it is passed to PEFT unverified on vision layers (`peft-vision matrix --verify` "
+                     "runs its cells on your installation)")
+    elif unverified:
+        kinds = {m.kind for m in unverified}
+        types = sorted({type(_base_layer(dict(model.named_modules())[m.path])).__name__ for m in unverified})
+        reasons = sorted({m.train.reason for m in unverified if m.kind is not LayerKind.OTHER and m.train.reason
+                          and m.train is not _UNVERIFIED})
+        notes.append(f"{' + '.join(title(row) for row in config_rows(method, config))} on {', '.join(types)} "
+                     f"({', '.join(sorted(k.value for k in kinds))}) is not covered by the compatibility matrix "
+                     f"(passed to PEFT unverified){': ' + '; '.join(reasons) if reasons else ''}")
     return CompatReport(
         method=method, peft_version=str(version), modules=modules,
         total_params=0,  # counted by check() only: the refusal check on every injection does not need it
@@ -301,14 +323,18 @@ def _stand_in(module: nn.Module, kind: LayerKind) -> nn.Module | None:
     if kind is LayerKind.MHA:
         return nn.MultiheadAttention(module.embed_dim, module.num_heads, bias=module.in_proj_bias is not None,
                                      batch_first=module.batch_first)
-    if kind.value.startswith("conv2d"):
-        return skip_init(nn.Conv2d, module.in_channels, module.out_channels, module.kernel_size, module.stride,
+    convolution = {LayerKind.CONV1D: nn.Conv1d, LayerKind.CONV3D: nn.Conv3d}.get(
+        kind, nn.Conv2d if kind.value.startswith("conv2d") else None)
+    if convolution is not None:
+        return skip_init(convolution, module.in_channels, module.out_channels, module.kernel_size, module.stride,
                          module.padding, module.dilation, module.groups, bias=module.bias is not None)
+    if kind is LayerKind.EMBEDDING:
+        return skip_init(nn.Embedding, module.num_embeddings, module.embedding_dim)
     return None
 
 
 _SHAPE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
-                     "dilation", "groups", "embed_dim", "num_heads", "batch_first")
+                     "dilation", "groups", "embed_dim", "num_heads", "batch_first", "num_embeddings", "embedding_dim")
 
 
 def _shape_key(module: nn.Module, kind: LayerKind) -> tuple:

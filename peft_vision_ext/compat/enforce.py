@@ -13,9 +13,9 @@ from torch import nn
 from ..errors import name_list
 from ..peft_hooks.weight_routing import ROUTED_ATTRIBUTE
 from ..quantization.cpu_packing import keep_unpacked
-from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name
+from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name, row_verdicts
 from .kinds import CONTAINERS, LayerKind, base_layer, layer_kind
-from .matrix import Operation, entry
+from .matrix import Operation
 
 logger = logging.getLogger("peft_vision_ext")
 _warned: set[str] = set()
@@ -133,9 +133,8 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
                 continue
             base = base_layer(module)
             kind = layer_kind(base)
-            item = entry(method, kind, peft_version())
-            if item is not None:
-                modules.append(ModuleCheck(path, kind, item.train, item.merge, _logical_params(base)))
+            train, merge = row_verdicts(method, config, kind, base, path, peft_version())
+            modules.append(ModuleCheck(path, kind, train, merge, _logical_params(base)))
         report = CompatReport(method, str(peft_version()), modules, total_params=0)
         error = report.error(Operation.MERGE)
         if error is not None:

@@ -22,7 +22,11 @@ class LayerKind(str, Enum):
     MHA = "mha"  # torch.nn.MultiheadAttention (torchvision ViT)
     BNB_8BIT = "bnb-8bit"  # bitsandbytes Linear8bitLt
     BNB_4BIT = "bnb-4bit"  # bitsandbytes Linear4bit (nf4 / fp4)
-    OTHER = "other"  # anything else a config may target (Embedding, Conv1d, Conv3d, ...): not verified here
+    CONV1D = "conv1d"  # nn.Conv1d (audio / sequence stems)
+    CONV3D = "conv3d"  # nn.Conv3d (video tubelet patch embeddings)
+    CONV_TRANSPOSE2D = "conv-transpose2d"  # nn.ConvTranspose2d (mask heads, segmentation decoders)
+    EMBEDDING = "embedding"  # nn.Embedding (query / class / position tables of DETR-style heads)
+    OTHER = "other"  # anything else a config may target (LayerNorm, custom layers, ...): not verified here
 
     def __str__(self) -> str:
         return self.value
@@ -42,6 +46,10 @@ _DESCRIPTIONS = {
     LayerKind.MHA: "nn.MultiheadAttention",
     LayerKind.BNB_8BIT: "bitsandbytes Linear8bitLt (int8)",
     LayerKind.BNB_4BIT: "bitsandbytes Linear4bit (nf4 / fp4)",
+    LayerKind.CONV1D: "nn.Conv1d",
+    LayerKind.CONV3D: "nn.Conv3d (video patch embeddings)",
+    LayerKind.CONV_TRANSPOSE2D: "nn.ConvTranspose2d (mask heads, decoders)",
+    LayerKind.EMBEDDING: "nn.Embedding",
     LayerKind.OTHER: "any other module type",
 }
 
@@ -83,4 +91,12 @@ def layer_kind(module: nn.Module, input_ndim: int | None = None) -> LayerKind:
         if tuple(module.dilation) != (1, 1):
             return LayerKind.CONV2D_DILATED
         return LayerKind.CONV2D_1X1 if tuple(module.kernel_size) == (1, 1) else LayerKind.CONV2D
+    if not hasattr(module, "base_layer"):  # PEFT dispatches on isinstance, so subclasses count (wrappers do not)
+        for cls, kind in _OTHER_LAYERS:
+            if isinstance(module, cls):
+                return kind
     return LayerKind.OTHER
+
+
+_OTHER_LAYERS = ((nn.Conv1d, LayerKind.CONV1D), (nn.Conv3d, LayerKind.CONV3D),
+                 (nn.ConvTranspose2d, LayerKind.CONV_TRANSPOSE2D), (nn.Embedding, LayerKind.EMBEDDING))

@@ -71,6 +71,7 @@ class Entry:
     merge: Verdict
     since: str | None = None  # first PEFT release this entry applies to
     condition: Condition | None = None
+    measured: str = ""  # generated entries: the grid's outcome the verdicts were read from (grid.py)
 
     def verdict(self, operation: Operation) -> Verdict:
         return self.merge if operation is Operation.MERGE else self.train
@@ -238,9 +239,102 @@ def _entries() -> list[Entry]:
     return entries
 
 
-MATRIX: tuple[Entry, ...] = tuple(_entries())
+#: The hand-written entries: the ten original rows on the nine original kinds, with reasons written for people.
+CURATED_MATRIX: tuple[Entry, ...] = tuple(_entries())
+#: The rows with hand-written entries (their other kinds, and every other row, come from the measured grid).
 METHODS: tuple[str, ...] = tuple(METHOD_NAMES)
 KINDS: tuple[LayerKind, ...] = tuple(k for k in LayerKind if k is not K.OTHER)
+
+
+def curated(method: str, kind: LayerKind) -> bool:
+    """Whether a hand-written entry covers this cell (else the measured grid does)."""
+    return any(e.method == method and e.kind is kind for e in CURATED_MATRIX)
+
+
+def title(row: str) -> str:
+    """A row's name as the docs and messages print it (``hra`` -> ``HRA``)."""
+    from .rows import ROWS
+
+    return ROWS[row].title if row in ROWS else METHOD_NAMES.get(row, row)
+
+
+def _is_lora_variant(row: str) -> bool:
+    from .rows import LORA_VARIANTS
+
+    return any(row == variant.name for variant in LORA_VARIANTS)
+
+
+_ALTERNATIVES = ("lora", "loha", "lokr", "adalora", "ia3", "oft", "boft", "vera", "fourierft")
+
+
+def _trains(method: str, kind: LayerKind, since: str | None, results: dict[str, dict[str, str]]) -> bool:
+    """Whether ``method`` trains ``kind`` unconditionally at the lane ``since`` (hand-written entry or measured)."""
+    from .grid import OK, stage
+
+    if curated(method, kind):
+        found = _entry_in(CURATED_MATRIX, method, kind, Version(since or "0"))
+        return found is not None and found.train.status.allowed and found.condition is None
+    result = results.get(method, {}).get(kind.value, "")
+    return result == OK or stage(result) == "merge"
+
+
+def _alternatives(row: str, kind: LayerKind, since: str | None, results: dict[str, dict[str, str]]) -> str:
+    """What to use instead on ``kind``: the hand-written rows that train it at that release."""
+    names = [METHOD_NAMES[m] for m in _ALTERNATIVES if m != row and _trains(m, kind, since, results)]
+    if _is_lora_variant(row) and "LoRA" in names:
+        plain = {"lora-dora": "LoRA without DoRA", "lora-rslora": "LoRA without rsLoRA"}.get(
+            row, "LoRA with its default initialisation")
+        return plain + "".join(f", {name}" for name in names if name != "LoRA")
+    if names:
+        return f"{', '.join(names)} {'adapt' if len(names) > 1 else 'adapts'} {kind.value} layers"
+    return "leave these layers out (target other modules), or train them in full (modules_to_save)"
+
+
+def _measured_verdicts(row: str, kind: LayerKind, result: str, since: str | None,
+                       results: dict[str, dict[str, str]]) -> tuple[Verdict, Verdict]:
+    """Verdicts from a measured outcome: ``ok`` is supported; a merge failure refuses merging; needs-gpu stays
+    unverified (passed through with a warning); any other failure refuses the cell."""
+    from .grid import OK, STAGES, stage
+
+    if result == OK:
+        return _OK, _OK
+    where = stage(result)
+    message = result.split(":", 1)[1].strip() if ":" in result else ""
+    label = f"{title(row)}: " if _is_lora_variant(row) else ""
+    if where == "needs-gpu":
+        unverified = Verdict(Status.UNVERIFIED, f"{label}{STAGES[where]}")
+        return unverified, unverified
+    refused = _refused(f"{label}{STAGES[where]} (measured: {message})", _alternatives(row, kind, since, results))
+    return (_OK, refused) if where == "merge" else (refused, refused)
+
+
+def _generated_entries() -> list[Entry]:
+    """Entries for every measured cell no hand-written entry covers, one per measured PEFT lane (the oldest lane
+    also speaks for older releases; each newer one from its own release on)."""
+    from .grid import load
+
+    lanes = sorted(load(), key=Version)
+    entries = []
+    for index, lane in enumerate(lanes):
+        since = None if index == 0 else lane
+        results = load()[lane]
+        for row, outcomes in results.items():
+            for kind_value, result in outcomes.items():
+                kind = LayerKind(kind_value)
+                if not curated(row, kind):
+                    entries.append(Entry(row, kind, *_measured_verdicts(row, kind, result, since, results), since,
+                                         measured=result))
+    return entries
+
+
+def _entry_in(entries: tuple[Entry, ...], method: str, kind: LayerKind, peft_version: Version) -> Entry | None:
+    candidates = [e for e in entries if e.method == method and e.kind is kind
+                  and (e.since is None or peft_version >= Version(e.since))]
+    return max(candidates, key=lambda e: Version(e.since or "0")) if candidates else None
+
+
+_OK = OK
+MATRIX: tuple[Entry, ...] = CURATED_MATRIX + tuple(_generated_entries())
 
 
 @dataclass(frozen=True)
@@ -266,12 +360,23 @@ ADVICE: tuple[Advice, ...] = (
 
 
 def entry(method: str, kind: LayerKind, peft_version: Version) -> Entry | None:
-    """The entry in force for ``method`` on ``kind`` under ``peft_version`` (None: not covered)."""
-    candidates = [e for e in MATRIX if e.method == method and e.kind is kind
-                  and (e.since is None or peft_version >= Version(e.since))]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda e: Version(e.since or "0"))
+    """The entry in force for ``method`` (a row) on ``kind`` under ``peft_version`` (None: not covered)."""
+    return _entry_in(MATRIX, method, kind, peft_version)
+
+
+def config_rows(method: str, config: Any) -> list[str]:
+    """The rows a config is judged by: its method, plus for LoRA each variant it turns on (DoRA, rsLoRA, a named
+    ``init_lora_weights``). A variant the data does not know is unverified, like an unknown method."""
+    rows = [method]
+    if method == "lora":
+        if getattr(config, "use_dora", False):
+            rows.append("lora-dora")
+        if getattr(config, "use_rslora", False):
+            rows.append("lora-rslora")
+        init = getattr(config, "init_lora_weights", True)
+        if isinstance(init, str):
+            rows.append("lora-" + ("pissa" if init.startswith("pissa") else init))
+    return rows
 
 
 def kinds_supporting(method: str, operation: Operation, peft_version: Version) -> frozenset[LayerKind] | None:
@@ -285,51 +390,145 @@ def kinds_supporting(method: str, operation: Operation, peft_version: Version) -
 # --------------------------------------------------------------------------------------------------
 # Rendering (README "Compatibility matrix"; `peft-vision matrix`)
 # --------------------------------------------------------------------------------------------------
+DOCS_PAGE = "docs/compatibility.md"
+
+
+def _note_key(item: Entry, verdict: Verdict | Condition) -> tuple[str, str]:
+    """A footnote: hand-written reasons in full; measured ones by stage (their PEFT messages are on the docs page)."""
+    if item.measured and isinstance(verdict, Verdict):
+        from .grid import STAGES, stage
+
+        return f"measured: {STAGES[stage(item.measured)]}", f"see {DOCS_PAGE} for the cell's error and alternatives"
+    return verdict.reason, verdict.instead
+
+
+def _entry_text(item: Entry, notes: dict[tuple[str, str], int]) -> str:
+    train, merge = item.train, item.merge
+    text = SYMBOLS[train.status] + (f" if {item.condition.description}" if item.condition else "")
+    if train != merge:
+        text += f" / {SYMBOLS[merge.status]}"
+    numbers: list[int] = []
+    for verdict in (item.condition, train, merge):
+        if verdict is None or not verdict.reason:
+            continue
+        number = notes.setdefault(_note_key(item, verdict), len(notes) + 1)
+        if number not in numbers:
+            numbers.append(number)
+    return text + "".join(f" [{n}]" for n in numbers)
+
+
+def _first_release(method: str) -> str | None:
+    """The release a row's data starts at (None: the oldest lane, which also speaks for older releases)."""
+    found = [e.since for e in MATRIX if e.method == method]
+    return None if None in found or not found else min(found, key=Version)
+
+
 def _cell_text(method: str, kind: LayerKind, notes: dict[tuple[str, str], int]) -> str:
     versions = sorted((e for e in MATRIX if e.method == method and e.kind is kind),
                       key=lambda e: Version(e.since or "0"))
+    texts = [_entry_text(item, notes) for item in versions]
+    # Releases that read the same collapse into one (a measured cell that did not change between the lanes).
+    kept = [i for i in range(len(versions)) if i == 0 or texts[i] != texts[i - 1]]
+    first = _first_release(method)
     parts = []
-    for index, item in enumerate(versions):
-        train, merge = item.train, item.merge
-        text = SYMBOLS[train.status] + (f" if {item.condition.description}" if item.condition else "")
-        if train != merge:
-            text += f" / {SYMBOLS[merge.status]}"
-        numbers: list[int] = []
-        for verdict in (item.condition, train, merge):
-            if verdict is None or not verdict.reason:
-                continue
-            number = notes.setdefault((verdict.reason, verdict.instead), len(notes) + 1)
-            if number not in numbers:
-                numbers.append(number)
-        text += "".join(f" [{n}]" for n in numbers)
-        if len(versions) > 1:
-            upper = versions[index + 1].since if index + 1 < len(versions) else None
-            scope = f"peft ≥ {item.since}" if item.since else ""
+    for position, index in enumerate(kept):
+        text = texts[index]
+        if len(kept) > 1:
+            since = versions[index].since if versions[index].since != first else None
+            upper = versions[kept[position + 1]].since if position + 1 < len(kept) else None
+            scope = f"peft ≥ {since}" if since else ""
             scope = f"{scope}{', ' if scope and upper else ''}{'peft < ' + upper if upper else ''}"
             text = f"{scope}: {text}"
         parts.append(text)
     return "<br>".join(reversed(parts))
 
 
+def _row_label(method: str) -> str:
+    first = _first_release(method)
+    return title(method) + (f" (peft ≥ {first})" if first else "")
+
+
+def _table(rows: list[str], notes: dict[tuple[str, str], int]) -> list[str]:
+    lines = ["| method | " + " | ".join(f"`{k.value}`" for k in KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {_row_label(row)} | " + " | ".join(_cell_text(row, kind, notes) for kind in KINDS) + " |")
+    return lines
+
+
+def measured_rows() -> tuple[list[str], list[str]]:
+    """(LoRA variant rows, other method rows) that the measured grid holds, in the order rows.py lists them."""
+    from .rows import LORA_VARIANTS, OTHER_METHODS
+
+    present = {e.method for e in MATRIX}
+    return ([r.name for r in LORA_VARIANTS if r.name in present], [r.name for r in OTHER_METHODS if r.name in present])
+
+
 def matrix_markdown() -> str:
-    """The matrix as markdown: legend, one row per method, one column per layer kind, numbered notes."""
+    """The matrix as markdown: legend, three tables (the hand-written rows, the LoRA variants, every other PEFT
+    method that wraps layers), one column per layer kind, numbered notes."""
     notes: dict[tuple[str, str], int] = {}
+    variants, others = measured_rows()
     lines = [
-        "Legend: ✅ supported · 🔌 provided by this plugin · ❌ refused before the model is touched · "
-        "`a / b`: train and save/load / merge (one symbol: all three).",
+        "Legend: ✅ supported · 🔌 provided by this plugin · ❌ refused before the model is touched · ? unverified "
+        "(passed through with a warning) · `a / b`: train and save/load / merge (one symbol: all three).",
         "",
-        "| method | " + " | ".join(f"`{k.value}`" for k in KINDS) + " |",
-        "|---" * (len(KINDS) + 1) + "|",
+        *_table(list(METHODS), notes),
+        "",
+        "LoRA variants (a config is judged by LoRA's row and by the row of each variant it turns on):",
+        "",
+        *_table(variants, notes),
+        "",
+        "Every other PEFT method that wraps layers (measured cells; the reasons are PEFT's own errors, on "
+        f"[{DOCS_PAGE}]({DOCS_PAGE})):",
+        "",
+        *_table(others, notes),
+        "",
+        "Layer kinds: " + "; ".join(f"`{k.value}` {k.description}" for k in KINDS) + ".",
+        "",
     ]
-    for method in METHODS:
-        cells = [_cell_text(method, kind, notes) for kind in KINDS]
-        lines.append(f"| {METHOD_NAMES[method]} | " + " | ".join(cells) + " |")
-    lines += ["", "Layer kinds: " + "; ".join(f"`{k.value}` {k.description}" for k in KINDS) + ".", ""]
     lines += [f"{number}. {reason}.{' Instead: ' + instead + '.' if instead else ''}"
               for (reason, instead), number in notes.items()]
     lines += ["", "Warnings from field experience (never refusals):", ""]
     lines += [f"- {', '.join(METHOD_NAMES[m] for m in METHODS if m in a.methods)} ({a.when}): {a.text}"
               for a in ADVICE]
-    lines += ["", "Other PEFT methods and layer types pass through to PEFT with a one-time warning that they are "
-              "unverified on vision layers."]
+    lines += ["", "Methods and LoRA variants a newer PEFT adds, and other layer types, pass through to PEFT with a "
+              "one-time warning that they are unverified on vision layers."]
+    return "\n".join(lines)
+
+
+def docs_markdown() -> str:
+    """docs/compatibility.md: every measured cell with the outcome PEFT gave on each lane, and what to use instead."""
+    from .grid import load
+
+    lanes = sorted(load(), key=Version)
+    lines = ["# Compatibility matrix: every measured cell", "",
+             "Generated by `peft-vision matrix --docs` from `peft_vision_ext/compat/grid.json` (written by "
+             "`python benchmarks/compat_grid.py --write` on each CI lane; a test re-runs every cell and compares). "
+             "Each cell is a tiny model holding one layer of the kind, taken through inject, identity at "
+             "initialisation, a training step, save/reload and merge with the plugin's refusals off: the outcome is "
+             "what PEFT itself does. `ok` cells are supported; any other outcome is refused before the model is "
+             "touched (a merge failure refuses merging only; `needs-gpu` stays unverified).",
+             "", f"Lanes: {', '.join('peft ' + lane for lane in lanes)}.", ""]
+    variants, others = measured_rows()
+    for row in list(METHODS) + variants + others:
+        found = []  # (kind, outcome, instead, lanes): lanes with the same outcome share a line
+        for kind in KINDS:
+            for lane in lanes:
+                result = load()[lane].get(row, {}).get(kind.value)
+                if result is None:
+                    continue
+                item = entry(row, kind, Version(lane))
+                instead = (item.train.instead or item.merge.instead) if item else ""
+                if found and found[-1][:3] == (kind, result, instead):
+                    found[-1][3].append(lane)
+                else:
+                    found.append((kind, result, instead, [lane]))
+        if not found:
+            continue
+        note = " (the kinds not listed have hand-written entries: see the README)" if row in METHODS else ""
+        lines += [f"## {title(row)}{note}", "", "| kind | peft | outcome | instead |", "|---|---|---|---|"]
+        for kind, result, instead, on in found:
+            text = result.replace("|", "/").replace("`", "'")
+            lines.append(f"| `{kind.value}` | {', '.join(on)} | {text} | {instead} |")
+        lines.append("")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from .metadata import (
     heads_of,
     hub_base_model,
     is_vision_model,
+    original_weights_fingerprint,
     plugin_version,
     quantization_of,
 )
@@ -89,7 +90,8 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
         "adapters": adapters,
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "base_fingerprint": precomputed["fingerprint"] if precomputed else fingerprint(base_state, list(heads)),
+        "base_fingerprint": original_weights_fingerprint(
+            base, precomputed["fingerprint"] if precomputed else fingerprint(base_state, list(heads))),
     }
 
 

@@ -219,6 +219,19 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
     return leaves
 
 
+#: On a base model whose weights a LoRA init rewrote (PiSSA, OLoRA, CorDA, LoftQ): ``name -> (hash of the residual,
+#: hash of the original)``, set by the ``base-rewriting-init-save`` hook (peft_hooks/rewriting_inits.py).
+ORIGINAL_FINGERPRINT = "__peft_vision_ext_original_fingerprint__"
+
+
+def original_weights_fingerprint(base: nn.Module, prints: dict[str, str]) -> dict[str, str]:
+    """``prints`` with each rewritten weight that still holds its residual reported by its original hash: adapters
+    of rewriting inits are saved relative to the original base (PEFT's conversion), which load_adapter checks."""
+    rewritten = base.__dict__.get(ORIGINAL_FINGERPRINT) or {}
+    return {name: (rewritten[name][1] if name in rewritten and rewritten[name][0] == value else value)
+            for name, value in prints.items()}
+
+
 def fingerprint(state: dict[str, torch.Tensor], skip_prefixes: list[str]) -> dict[str, str]:
     """SHA-256 (16 hex digits) of every tensor, by name, leaving out the heads (they are retrained)."""
     prints = {}

@@ -36,6 +36,7 @@ from .legacy_adapters import _install_legacy_state_dict_translation, translate_l
 from .matrix_guards import _install_matrix_merge
 from .mha_restore import _install_mha_exact_restore
 from .model_card import _install_vision_model_card
+from .rewriting_inits import _install_rewriting_inits
 from .sharded_save import _install_sharded_save
 from .weight_routing import _install_weight_routing
 
@@ -75,6 +76,15 @@ class Hook:
 
 
 HOOKS: tuple[Hook, ...] = (
+    Hook(  # first: inside vision-default-targets' inject_adapter wrapper, so it sees the completed config
+        name="base-rewriting-init-save",
+        why="PiSSA/OLoRA/CorDA/LoftQ rewrite the base weights: a plain save re-ran the init at every load (CorDA's "
+            "reload raised) and load_adapter refused the original base; saved through PEFT's conversion to plain "
+            "LoRA (initial adapter kept from injection), the card fingerprints the original weights",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_rewriting_inits,
+    ),
     Hook(
         name="vision-default-targets",
         why="target_modules=None resolves a vision preset (PEFT has defaults for text model types only)",

@@ -1,0 +1,148 @@
+"""Hook ``base-rewriting-init-save``: LoRA adapters whose initialisation rewrites the base weights (PiSSA, OLoRA,
+CorDA, LoftQ) are saved as PEFT's conversion to a plain LoRA of the original base.
+
+Why: these inits move the principal part of each targeted weight into the adapter and leave a residual in the base.
+A plain ``save_pretrained`` keeps the init in ``adapter_config.json``, so every load re-runs the decomposition on
+the base it is given: right only on exactly the original base, impossible for CorDA (it needs its calibration
+data again: the reload raises, measured in the compatibility grid) and for LoftQ without CUDA, and the vision
+metadata fingerprinted the residual, so ``load_adapter`` refused the original base. PEFT converts to a plain LoRA
+of rank 2r (loads anywhere, merges into the original base) when given ``path_initial_model_for_weight_conversion``,
+a folder with the adapter as initialised that the user has to have saved before training. This hook keeps the
+initial factors in memory from injection on and, at a save without that argument, writes them to a temporary
+folder and passes it; the card reports the original weights' fingerprint (hashed before PEFT rewrote them).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+
+REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
+#: On the tuner: adapter name -> {(module path, adapter layer name): initial tensor}
+INITIAL_ATTRIBUTE = "__peft_vision_ext_initial_adapters__"
+_OWN_MARK = "__peft_vision_ext_rewriting_inits__"
+
+
+def rewrites_base(config: Any) -> bool:
+    """Whether ``config``'s initialisation rewrites the targeted base weights (PEFT's own test is a name prefix)."""
+    init = getattr(config, "init_lora_weights", True)
+    return isinstance(init, str) and init.startswith(REWRITING_INITS)
+
+
+def _adapter_tensors(model: Any, adapter: str) -> dict[tuple[str, str], torch.Tensor]:
+    """Every tensor of ``adapter`` in ``model``'s LoRA layers, by (module path, adapter layer name)."""
+    found = {}
+    for path, module in model.named_modules():
+        for layer_name in getattr(module, "adapter_layer_names", ()):
+            container = getattr(module, layer_name, None)
+            if container is None or adapter not in container:
+                continue
+            item = container[adapter]
+            tensor = item if isinstance(item, torch.Tensor) else getattr(item, "weight", None)
+            if isinstance(tensor, torch.Tensor):
+                found[(path, layer_name)] = tensor
+    return found
+
+
+def _weights(model: Any, paths: list[str]) -> dict[str, torch.Tensor]:
+    """``path.weight`` -> the base layer's weight (unwrapped once PEFT has injected)."""
+    from ..compat.kinds import base_layer
+
+    found = {}
+    for path in paths:
+        weight = getattr(base_layer(model.get_submodule(path)), "weight", None)
+        if isinstance(weight, torch.Tensor):
+            found[f"{path}.weight"] = weight
+    return found
+
+
+def _write_initial(peft_model: Any, adapter: str, folder: str) -> None:
+    """The adapter as initialised, in PEFT's format (its config says plain init, as PEFT's recipe asks)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    initial = peft_model.base_model.__dict__[INITIAL_ATTRIBUTE][adapter]
+    current = _adapter_tensors(peft_model.base_model.model, adapter)
+    saved = {key: tensor.detach().clone() for key, tensor in current.items()}
+    try:
+        with torch.no_grad():  # swap the initial factors in, read PEFT's state dict, swap back
+            for key, tensor in current.items():
+                tensor.copy_(initial[key])
+            state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+            state = {name: value.detach().to("cpu").contiguous().clone() for name, value in state.items()}
+    finally:
+        with torch.no_grad():
+            for key, tensor in current.items():
+                tensor.copy_(saved[key])
+    config = copy.deepcopy(peft_model.peft_config[adapter])
+    config.init_lora_weights = True
+    config.save_pretrained(folder)
+    save_file(state, os.path.join(folder, "adapter_model.safetensors"))
+
+
+def _install_rewriting_inits() -> None:
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from ..hub.metadata import ORIGINAL_FINGERPRINT, fingerprint
+    from ..targets import targeted_modules
+    from . import ORIGINALS
+
+    original_inject = BaseTuner.inject_adapter
+    original_save = PeftModel.save_pretrained
+    if getattr(original_save, _OWN_MARK, False):
+        return
+
+    @functools.wraps(original_inject)
+    def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        config = self.peft_config.get(adapter_name)
+        if config is None or not rewrites_base(config) or getattr(config, "inference_mode", False):
+            return original_inject(self, model, adapter_name, *args, **kwargs)
+        paths = [path for path, _ in targeted_modules(model, config)]
+        originals = fingerprint(_weights(model, paths), [])
+        result = original_inject(self, model, adapter_name, *args, **kwargs)
+        residuals = fingerprint(_weights(model, paths), [])
+        # name -> (hash of the residual PEFT left, hash of the original): the card reports the original while the
+        # base still holds that residual (not after a merge). A second rewriting adapter keeps the first originals.
+        stored = model.__dict__.setdefault(ORIGINAL_FINGERPRINT, {})
+        for name, residual in residuals.items():
+            first = stored.get(name)
+            stored[name] = (residual, first[1] if first else originals[name])
+        self.__dict__.setdefault(INITIAL_ATTRIBUTE, {})[adapter_name] = {
+            key: tensor.detach().clone() for key, tensor in _adapter_tensors(model, adapter_name).items()}
+        return result
+
+    @functools.wraps(original_save)
+    def save_pretrained(self: Any, save_directory: str, *args: Any, **kwargs: Any) -> Any:
+        initial = self.base_model.__dict__.get(INITIAL_ATTRIBUTE) or {}
+        selected = kwargs.get("selected_adapters") or list(self.peft_config)
+        converting = [name for name in selected if name in initial]
+        if not converting or kwargs.get("path_initial_model_for_weight_conversion") is not None:
+            return original_save(self, save_directory, *args, **kwargs)
+        if len(selected) > 1:
+            raise ValueError(
+                f"Adapters {converting} rewrote the base weights at initialisation ("
+                f"{', '.join(self.peft_config[n].init_lora_weights for n in converting)}): they are saved as PEFT's "
+                "conversion to a plain LoRA of the original base, which PEFT does one adapter at a time. Save each "
+                "with save_pretrained(directory, selected_adapters=[name]).")
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            # PEFT's conversion loads the initial adapter next to the trained one and then warns that the rewriting
+            # init "should not be used with other adapters; consider converting": the conversion it is doing.
+            warnings.filterwarnings("ignore", message=".*changes the base weights of the model and should thus not")
+            _write_initial(self, converting[0], folder)
+            return original_save(self, save_directory, *args, path_initial_model_for_weight_conversion=folder,
+                                 **kwargs)
+
+    # Own marks only: installed first, these wrappers get wrapped by hooks that test the shared mark to stay
+    # idempotent (vision-default-targets, fused-qkv-slices), which must not mistake them for their own.
+    for function in (inject_adapter, save_pretrained):
+        setattr(function, _OWN_MARK, True)
+    ORIGINALS["base-rewriting-init-save"] = original_save
+    BaseTuner.inject_adapter = inject_adapter
+    PeftModel.save_pretrained = save_pretrained
