@@ -1,5 +1,5 @@
 """Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), detection
-(ImageNet MobileNetV2 FCOS -> MNIST digit boxes), LoRA on
+(ImageNet MobileNetV2 FCOS -> MNIST digit boxes), LoRA variants on a 4-bit ViT (QPiSSA, QOLoRA, DoRA), LoRA on
 fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT
 memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of each (fewer seeds, epochs,
 steps and a smaller batch; its numbers are not results). JSON and plots go to benchmarks/results/ (speed and memory
@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "accuracy-mobilenet": ("accuracy_mobilenet.py", [], ["--quick"]),
     "accuracy-vit": ("accuracy_vit.py", [], ["--quick"]),
+    "quantized-lora-variants": ("quantized_lora_variants.py", [], ["--quick"]),
     "detection": ("detection.py", [], ["--quick"]),
     "fused-qkv": ("fused_qkv.py", ["--seeds", "5"], ["--quick"]),
     "adalora-vision": ("adalora_vision.py", [], ["--quick"]),
