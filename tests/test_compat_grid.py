@@ -4,6 +4,7 @@ on this lane, and the plugin must refuse exactly the cells that fail there."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -121,3 +122,46 @@ def test_check_counts_adapters_on_the_new_kinds_as_peft_does(kind: LayerKind) ->
     report = check(tiny_model(kind), cell_config("lora"))
     adapted = get_peft_model(tiny_model(kind), cell_config("lora"))
     assert report.ok and report.adapter_params == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+
+
+def test_matrix_verify_measures_methods_the_data_lacks_into_the_cache(monkeypatch, tmp_path, capsys) -> None:
+    """A method the shipped data does not know (as a newer PEFT's would be; here HRA with its rows taken out) is
+    measured by `peft-vision matrix --verify` and written to the user's cache; it stays unverified."""
+    from peft_vision_ext.cli import main
+    from peft_vision_ext.compat import matrix, rows
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(matrix, "MATRIX", tuple(e for e in matrix.MATRIX if e.method != "hra"))
+    monkeypatch.setattr(matrix, "METHODS", ("lora",))
+    monkeypatch.setattr(rows, "GENERATED", (ROWS["hra"],))
+    assert grid.unverified_rows() == ["hra"]
+    assert main(["matrix", "--verify"]) == 0
+    out = capsys.readouterr().out
+    path = grid.local_path(peft.__version__)
+    assert str(path) in out and "PEFT_VISION_EXT_LOCAL_GRID=1" in out and "hra" in out
+    stored = json.loads(path.read_text())["lanes"][peft.__version__]
+    assert grid.differences({"hra": MEASURED["hra"]}, stored) == []  # what the shipped data holds
+    assert entry("hra", LayerKind.CONV3D, peft_version()) is None  # not opted in: still unverified
+
+
+def test_local_results_count_only_when_opted_in_and_never_override_shipped_data(monkeypatch, tmp_path) -> None:
+    from peft_vision_ext.compat import matrix
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = grid.local_path(peft.__version__)
+    path.parent.mkdir(parents=True)
+    local = {"newmethod": {"linear": "ok", "conv3d": "train: RuntimeError: boom"}, "hra": {"linear": "inject: x"}}
+    path.write_text(json.dumps({"lanes": {peft.__version__: local}}))
+    try:
+        grid.load.cache_clear()
+        assert "newmethod" not in grid.load().get(peft.__version__, {})
+        monkeypatch.setenv(grid.LOCAL_OPT_IN, "1")
+        grid.load.cache_clear()
+        lane = grid.load()[peft.__version__]
+        assert lane["newmethod"] == local["newmethod"] and lane["hra"] == MEASURED["hra"]
+        entries = {(e.method, e.kind): e for e in matrix._generated_entries() if e.method == "newmethod"}
+        assert entries[("newmethod", LayerKind.LINEAR)].train.status is Status.SUPPORTED
+        assert entries[("newmethod", LayerKind.CONV3D)].train.status is Status.REFUSED
+    finally:
+        monkeypatch.delenv(grid.LOCAL_OPT_IN, raising=False)
+        grid.load.cache_clear()
