@@ -4,8 +4,7 @@ small config its verification cell uses (:mod:`peft_vision_ext.compat.verify`).
 
 Methods that do not wrap Linear/Conv layers are not rows: prompt learning (soft prompts, prefixes, CPT,
 Cartridge), adaption prompts (LLaMA attention only), ShadowPEFT (wraps whole decoder blocks), X-LoRA (a mixture
-of existing LoRA adapters), Poly (needs task ids in every forward) and trainable tokens (new rows of a text
-embedding).
+of existing LoRA adapters) and Poly (needs task ids in every forward).
 """
 
 from __future__ import annotations
@@ -88,6 +87,7 @@ OTHER_METHODS: tuple[Row, ...] = (
     _row("shira", "SHiRA", "ShiraConfig", r=4),
     _row("supertuning", "SuperTuning", "SupertuningConfig"),
     _row("tinylora", "TinyLoRA", "TinyLoraConfig"),
+    _row("trainable_tokens", "Trainable tokens", "TrainableTokensConfig", token_indices=[0, 1, 2]),
     Row("unilora", "UniLoRA", "UniLoraConfig", {"r": 4}, identity_init=False),
     Row("vblora", "VBLoRA", "VBLoRAConfig", {"r": 4, "vector_length": 4, "num_vectors": 32}, identity_init=False),
     _row("waveft", "WaveFT", "WaveFTConfig", n_frequency=16),
@@ -99,7 +99,7 @@ ROWS: dict[str, Row] = {row.name: row for row in GENERATED}
 
 #: PEFT method types that are not rows (see the module docstring), by ``peft_type`` value.
 NOT_ROWS = frozenset({"prompt_tuning", "multitask_prompt_tuning", "p_tuning", "prefix_tuning", "cpt", "cartridge",
-                      "adaption_prompt", "shadow", "xlora", "poly", "trainable_tokens"})
+                      "adaption_prompt", "shadow", "xlora", "poly"})
 
 
 def unknown_methods() -> list[Row]:

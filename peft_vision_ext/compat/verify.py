@@ -9,7 +9,6 @@ bitsandbytes layers: within the error of re-quantizing the merged weight). The t
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -342,7 +341,7 @@ def run_cell(method: str, kind: LayerKind, identity_init: bool | None = None) ->
         return run.fail("save-load", f"{type(error).__name__}: {error}")
     try:
         run.merge_tolerance = _merge_tolerance(kind, method, adapted, x)
-        merged = copy.deepcopy(adapted).merge_and_unload()
+        merged = adapted.merge_and_unload()  # in place, as users merge (a deepcopy fails on some tuners)
         with torch.no_grad():
             run.merge_diff = _max_diff(merged(x), out)
         if not run.merge_diff <= run.merge_tolerance:
