@@ -296,7 +296,8 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
                      "runs its cells on your installation)")
     elif unverified:
         kinds = {m.kind for m in unverified}
-        types = sorted({type(_base_layer(dict(model.named_modules())[m.path])).__name__ for m in unverified})
+        by_path = dict(targets)
+        types = sorted({type(by_path[m.path]).__name__ for m in unverified})
         reasons = sorted({m.train.reason for m in unverified if m.kind is not LayerKind.OTHER and m.train.reason
                           and m.train is not _UNVERIFIED})
         notes.append(f"{' + '.join(title(row) for row in config_rows(method, config))} on {', '.join(types)} "

@@ -264,18 +264,19 @@ def _is_lora_variant(row: str) -> bool:
     return any(row == variant.name for variant in LORA_VARIANTS)
 
 
-_ALTERNATIVES = ("lora", "loha", "lokr", "adalora", "ia3", "oft", "boft", "vera", "fourierft")
+#: What refusals of measured cells offer instead (the fused-slices layout is LoRA's, not an alternative to it).
+_ALTERNATIVES = tuple(m for m in METHODS if m != "lora-slices")
 
 
 def _trains(method: str, kind: LayerKind, since: str | None, results: dict[str, dict[str, str]]) -> bool:
     """Whether ``method`` trains ``kind`` unconditionally at the lane ``since`` (hand-written entry or measured)."""
-    from .grid import OK, stage
+    from . import grid
 
     if curated(method, kind):
         found = _entry_in(CURATED_MATRIX, method, kind, Version(since or "0"))
         return found is not None and found.train.status.allowed and found.condition is None
     result = results.get(method, {}).get(kind.value, "")
-    return result == OK or stage(result) == "merge"
+    return result == grid.OK or grid.stage(result) == "merge"
 
 
 def _alternatives(row: str, kind: LayerKind, since: str | None, results: dict[str, dict[str, str]]) -> str:
@@ -294,18 +295,18 @@ def _measured_verdicts(row: str, kind: LayerKind, result: str, since: str | None
                        results: dict[str, dict[str, str]]) -> tuple[Verdict, Verdict]:
     """Verdicts from a measured outcome: ``ok`` is supported; a merge failure refuses merging; needs-gpu stays
     unverified (passed through with a warning); any other failure refuses the cell."""
-    from .grid import OK, STAGES, stage
+    from . import grid
 
-    if result == OK:
-        return _OK, _OK
-    where = stage(result)
+    if result == grid.OK:
+        return OK, OK
+    where = grid.stage(result)
     message = result.split(":", 1)[1].strip() if ":" in result else ""
     label = f"{title(row)}: " if _is_lora_variant(row) else ""
     if where == "needs-gpu":
-        unverified = Verdict(Status.UNVERIFIED, f"{label}{STAGES[where]}")
+        unverified = Verdict(Status.UNVERIFIED, f"{label}{grid.STAGES[where]}")
         return unverified, unverified
-    refused = _refused(f"{label}{STAGES[where]} (measured: {message})", _alternatives(row, kind, since, results))
-    return (_OK, refused) if where == "merge" else (refused, refused)
+    refused = _refused(f"{label}{grid.STAGES[where]} (measured: {message})", _alternatives(row, kind, since, results))
+    return (OK, refused) if where == "merge" else (refused, refused)
 
 
 def _generated_entries() -> list[Entry]:
@@ -333,7 +334,6 @@ def _entry_in(entries: tuple[Entry, ...], method: str, kind: LayerKind, peft_ver
     return max(candidates, key=lambda e: Version(e.since or "0")) if candidates else None
 
 
-_OK = OK
 MATRIX: tuple[Entry, ...] = CURATED_MATRIX + tuple(_generated_entries())
 
 
