@@ -43,6 +43,8 @@ def test_plain_save_is_converted_and_load_adapter_accepts_the_original_base(tmp_
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["init_lora_weights"] is True and saved["r"] == 8  # PEFT's conversion: rank 2r, plain init
     meta = json.loads((tmp_path / "adapter" / METADATA_FILE).read_text())
+    assert meta["adapters"]["default"]["rank"] == 8 and meta["adapters"]["default"]["converted_from"] == init
+    assert f"LoRA (r=8), initialised with {init}" in (tmp_path / "adapter" / "README.md").read_text()
     assert meta["base_fingerprint"]["blocks.0.mlp.fc1.weight"] == fingerprint(
         {"blocks.0.mlp.fc1.weight": original["blocks.0.mlp.fc1.weight"]}, [])["blocks.0.mlp.fc1.weight"]
     loaded = pve.load_adapter(str(tmp_path / "adapter"))  # rebuilds the original base and checks its fingerprint

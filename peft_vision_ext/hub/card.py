@@ -16,6 +16,7 @@ from typing import Any
 from ..fused.slices import fused_plans
 from .describe import PRESET_ATTRIBUTE, card_info
 from .metadata import (
+    CONVERTED_ADAPTER,
     FORMAT_VERSION,
     METADATA_FILE,
     PRECOMPUTED_BASE,
@@ -71,11 +72,15 @@ def vision_metadata(peft_model: Any) -> dict[str, Any]:
     precomputed = peft_model.__dict__.get(PRECOMPUTED_BASE)
     base_state = precomputed["shapes"] if precomputed else base_state_of_peft_model(peft_model)
     adapters = {}
+    converted = peft_model.__dict__.get(CONVERTED_ADAPTER)
     for name, config in peft_model.peft_config.items():
         method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
         plans = fused_plans(config)
+        rank = getattr(config, "target_r" if method == "adalora" else "r", None)
         adapters[name] = {"method": method, "preset": config.__dict__.get(PRESET_ATTRIBUTE),
-                          "rank": getattr(config, "target_r" if method == "adalora" else "r", None),
+                          # PEFT's conversion of a base-rewriting init saves a plain LoRA of twice the rank
+                          "rank": 2 * rank if name == converted and rank else rank,
+                          "converted_from": config.init_lora_weights if name == converted else None,
                           "fused_slices": sorted({s for plan in plans.values() for s in plan.slices}) or None}
     return {
         "format_version": FORMAT_VERSION,
@@ -130,6 +135,8 @@ def _section(meta: dict[str, Any]) -> str:
     for name, adapter in meta["adapters"].items():
         title = _METHOD_TITLES.get(adapter["method"], adapter["method"])
         rank = f" (r={adapter['rank']})" if adapter["rank"] else ""
+        if adapter.get("converted_from"):
+            rank += f", initialised with {adapter['converted_from']}, saved as a plain LoRA of the original base"
         label = "Method" if len(meta["adapters"]) == 1 else f"Method (`{name}`)"
         preset = adapter["preset"] or "explicit target_modules"
         if adapter.get("fused_slices"):

@@ -222,6 +222,8 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
 #: On a base model whose weights a LoRA init rewrote (PiSSA, OLoRA, CorDA, LoftQ): ``name -> (hash of the residual,
 #: hash of the original)``, set by the ``base-rewriting-init-save`` hook (peft_hooks/rewriting_inits.py).
 ORIGINAL_FINGERPRINT = "__peft_vision_ext_original_fingerprint__"
+#: On a PeftModel while one of its adapters is saved through PEFT's conversion to plain LoRA (same hook): its name.
+CONVERTED_ADAPTER = "__peft_vision_ext_converted_adapter__"
 
 
 def original_weights_fingerprint(base: nn.Module, prints: dict[str, str]) -> dict[str, str]:

@@ -90,7 +90,7 @@ def _install_rewriting_inits() -> None:
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTuner
 
-    from ..hub.metadata import ORIGINAL_FINGERPRINT, fingerprint
+    from ..hub.metadata import CONVERTED_ADAPTER, ORIGINAL_FINGERPRINT, fingerprint
     from ..targets import targeted_modules
     from . import ORIGINALS
 
@@ -136,8 +136,12 @@ def _install_rewriting_inits() -> None:
             # init "should not be used with other adapters; consider converting": the conversion it is doing.
             warnings.filterwarnings("ignore", message=".*changes the base weights of the model and should thus not")
             _write_initial(self, converting[0], folder)
-            return original_save(self, save_directory, *args, path_initial_model_for_weight_conversion=folder,
-                                 **kwargs)
+            self.__dict__[CONVERTED_ADAPTER] = converting[0]  # the card describes what is saved (rank 2r)
+            try:
+                return original_save(self, save_directory, *args, path_initial_model_for_weight_conversion=folder,
+                                     **kwargs)
+            finally:
+                self.__dict__.pop(CONVERTED_ADAPTER, None)
 
     # Own marks only: installed first, these wrappers get wrapped by hooks that test the shared mark to stay
     # idempotent (vision-default-targets, fused-qkv-slices), which must not mistake them for their own.
