@@ -166,3 +166,25 @@ def test_local_results_count_only_when_opted_in_and_never_override_shipped_data(
     finally:
         monkeypatch.delenv(grid.LOCAL_OPT_IN, raising=False)
         grid.load.cache_clear()
+
+
+def test_writing_a_lane_never_stores_opted_in_local_results(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = grid.local_path(peft.__version__)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"lanes": {peft.__version__: {"newmethod": {"linear": "ok"}}}}))
+    data = tmp_path / "grid.json"
+    data.write_text(grid.DATA.read_text())
+    monkeypatch.setattr(grid, "DATA", data)
+    monkeypatch.setenv(grid.LOCAL_OPT_IN, "1")
+    try:
+        grid.load.cache_clear()
+        assert "newmethod" in grid.load()[peft.__version__]
+        grid.write("0.0.1", {"hra": {"linear": "ok"}})
+        stored = json.loads(data.read_text())["lanes"]
+        assert "newmethod" not in stored[peft.__version__] and stored["0.0.1"] == {"hra": {"linear": "ok"}}
+        assert list(stored)[0] == "0.0.1"  # lanes stay in version order
+    finally:
+        monkeypatch.delenv(grid.LOCAL_OPT_IN, raising=False)
+        monkeypatch.undo()
+        grid.load.cache_clear()
