@@ -5,10 +5,11 @@ digits 5-9 with LoRA r=8 on the whole fused qkv (the plugin's default preset wit
 LoRA rows).
 Each seed gives every variant the same new head and the same batches, so the difference to fp32 LoRA is paired.
 
-- QPiSSA / QOLoRA: PEFT's recipe for a quantized base. The init runs on the full-precision weights (PEFT refuses
-  PiSSA on 4-bit layers; OLoRA on them re-quantizes a rewritten weight, which the compatibility matrix refuses),
-  then the *residual* is quantized to 4-bit and the initial factors are loaded on top: the factors hold the principal
-  part of each weight exactly, only the smaller residual carries the quantization error.
+- QPiSSA / QOLoRA: ``peft_vision_ext.get_quantized_peft_model``, PEFT's recipe for a quantized base. The init runs
+  on the full-precision weights (PEFT refuses PiSSA on 4-bit layers; OLoRA on them re-quantizes a rewritten weight,
+  which the compatibility matrix refuses), then the *residual* is quantized to 4-bit and the initial factors are loaded
+  on top: the factors hold the principal part of each weight exactly, only the smaller residual carries the
+  quantization error.
 - LoftQ (the quantization-aware init) needs CUDA in PEFT: not run here.
 
     python benchmarks/quantized_lora_variants.py [--seeds 5] [--epochs 3] [--pretrain-epochs 10] [--quick]
@@ -17,11 +18,8 @@ Each seed gives every variant the same new head and the same batches, so the dif
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
-
-import torch
 
 VARIANTS = {  # name -> (bits or None, extra LoraConfig options)
     "fp32 LoRA": (None, {}),
@@ -32,25 +30,6 @@ VARIANTS = {  # name -> (bits or None, extra LoraConfig options)
 }
 REFERENCE = "fp32 LoRA"
 LR = 3e-3
-
-
-def quantized_after_init(model: torch.nn.Module, config: object, bits: int) -> torch.nn.Module:
-    """PEFT's QPiSSA recipe for any base-rewriting init: init on full precision, quantize the residual, load the
-    initial factors (and the head) onto a plain LoRA of the quantized residual."""
-    import peft
-
-    import peft_vision_ext as pve
-
-    adapted = peft.get_peft_model(model, config)
-    initial = peft.get_peft_model_state_dict(adapted)
-    residual = adapted.unload()  # the base with the residual weights PiSSA / OLoRA left
-    pve.quantize(residual, bits=bits)
-    plain = copy.deepcopy(config)
-    plain.init_lora_weights = True
-    quantized = peft.get_peft_model(residual, plain)
-    unexpected = peft.set_peft_model_state_dict(quantized, initial).unexpected_keys
-    assert not unexpected, unexpected
-    return quantized
 
 
 def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: float) -> dict:
@@ -68,8 +47,8 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
     model = transferred_backbone(checkpoint, seed)
     config = pve.preset_config(model, "lora", fused="whole", r=8, lora_alpha=16, **options)
     reference = model.eval()(xt[:64]).detach()
-    if bits and "init_lora_weights" in options:
-        model = quantized_after_init(model, config, bits)
+    if bits and "init_lora_weights" in options:  # QPiSSA / QOLoRA: the init on fp32, then the residual quantized
+        model = pve.get_quantized_peft_model(model, config, bits=bits)
     else:
         if bits:
             pve.quantize(model, bits=bits)

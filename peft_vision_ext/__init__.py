@@ -37,7 +37,7 @@ from .presets import (
     register_family,
     resolve_targets,
 )
-from .quantization import bnb_config, merge_and_unload, quantize, storage_bytes
+from .quantization import bnb_config, get_quantized_peft_model, merge_and_unload, quantize, storage_bytes
 
 __version__ = "0.1.0"
 
@@ -54,7 +54,8 @@ __all__ = [
     "PRESETS", "VisionFamily", "detect_family", "list_presets", "preset_config",
     "register_family", "resolve_targets", "PresetError", "UnknownPresetError", "EmptyPresetError",
     "NotAVisionModelError", "UnsupportedCombinationError", "check", "recommend", "allow_unsupported",
-    "matrix_markdown", "LayerKind", "quantize", "bnb_config", "merge_and_unload", "storage_bytes",
+    "matrix_markdown", "LayerKind", "quantize", "get_quantized_peft_model", "bnb_config", "merge_and_unload",
+    "storage_bytes",
     "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
     "use_fused_slices", "FusedSlicesError", "use_adalora_init",
 ]

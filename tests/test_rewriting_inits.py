@@ -14,7 +14,8 @@ from peft import PeftModel, get_peft_model
 import peft_vision_ext as pve
 from peft_vision_ext.compat.kinds import LayerKind
 from peft_vision_ext.compat.verify import cell_config, example_input, perturb_adapter, run_cell, tiny_model
-from peft_vision_ext.hub.metadata import METADATA_FILE, fingerprint
+from peft_vision_ext.fingerprints import fingerprint
+from peft_vision_ext.hub.metadata import METADATA_FILE
 from peft_vision_ext.peft_hooks import ORIGINALS
 
 VIT_ARGS = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
@@ -97,3 +98,25 @@ def test_a_merged_model_is_fingerprinted_as_merged(tmp_path) -> None:
     meta = json.loads((tmp_path / "again" / METADATA_FILE).read_text())
     weight = merged.blocks[0].mlp.fc1.weight
     assert meta["base_fingerprint"]["blocks.0.mlp.fc1.weight"] == fingerprint({"w": weight}, [])["w"]
+
+
+def test_converted_save_keeps_the_trained_head(tmp_path) -> None:
+    """PEFT's conversion (peft 0.17.1 to 0.21.2) returns only the converted factors: the head trained in full
+    (modules_to_save) was not saved, and the adapter then failed to load (KeyError on the head's weight)."""
+    model = _local_vit(tmp_path)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv"], init_lora_weights="pissa",
+                             modules_to_save=["head"])
+    peft_model = get_peft_model(model, config)
+    perturb_adapter(peft_model)
+    with torch.no_grad():
+        peft_model.base_model.model.head.modules_to_save["default"].weight.add_(0.5)  # stands in for training
+    x = torch.randn(2, 3, 32, 32)
+    reference = peft_model.eval()(x)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = pve.load_adapter(str(tmp_path / "adapter"))
+    torch.testing.assert_close(loaded(x), reference, atol=1e-5, rtol=1e-5)
+    import timm
+
+    original = timm.create_model(f"local-dir:{tmp_path / 'base'}", pretrained=True)
+    plain = PeftModel.from_pretrained(original, str(tmp_path / "adapter")).eval()  # PEFT alone
+    torch.testing.assert_close(plain(x), reference, atol=1e-5, rtol=1e-5)

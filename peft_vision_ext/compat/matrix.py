@@ -264,6 +264,8 @@ def _is_lora_variant(row: str) -> bool:
     return any(row == variant.name for variant in LORA_VARIANTS)
 
 
+#: LoRA-init rows whose residual quantization.residual quantizes (QPiSSA): their refusals on bnb layers offer it.
+_RESIDUAL_ROWS = ("lora-pissa", "lora-olora", "lora-corda")
 #: What refusals of measured cells offer instead (the fused-slices layout is LoRA's, not an alternative to it).
 _ALTERNATIVES = tuple(m for m in METHODS if m != "lora-slices")
 
@@ -285,6 +287,10 @@ def _alternatives(row: str, kind: LayerKind, since: str | None, results: dict[st
     if _is_lora_variant(row) and "LoRA" in names:
         plain = {"lora-dora": "LoRA without DoRA", "lora-rslora": "LoRA without rsLoRA"}.get(
             row, "LoRA with its default initialisation")
+        if row in _RESIDUAL_ROWS and kind in (LayerKind.BNB_4BIT, LayerKind.BNB_8BIT):
+            plain = (f"peft_vision_ext.get_quantized_peft_model(<the full-precision model>, config, bits="
+                     f"{4 if kind is LayerKind.BNB_4BIT else 8}) (this init on full precision, then its residual "
+                     f"quantized: Q{title(row).rpartition(' ')[2]}); or {plain}")
         return plain + "".join(f", {name}" for name in names if name != "LoRA")
     if names:
         return f"{', '.join(names)} {'adapt' if len(names) > 1 else 'adapts'} {kind.value} layers"

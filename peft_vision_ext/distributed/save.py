@@ -63,7 +63,8 @@ def gather_adapter_state_dict(model: nn.Module, adapters: list[str] | None = Non
 
 def _precompute_base(peft_model: Any, main: bool) -> dict[str, Any] | None:
     """What the vision model card reads from the base (shapes and fingerprint), computed by every process."""
-    from ..hub.metadata import base_state_of_peft_model, fingerprint, heads_of
+    from ..fingerprints import fingerprint
+    from ..hub.metadata import base_state_of_peft_model, heads_of
 
     heads = list(heads_of(peft_model))
     shapes: dict[str, torch.Tensor] = {}

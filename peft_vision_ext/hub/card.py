@@ -13,7 +13,9 @@ import os
 import re
 from typing import Any
 
+from ..fingerprints import fingerprint, original_weights_fingerprint
 from ..fused.slices import fused_plans
+from ..quantization.residual import RESIDUAL_KEY, residual_label
 from .describe import PRESET_ATTRIBUTE, card_info
 from .metadata import (
     CONVERTED_ADAPTER,
@@ -23,12 +25,10 @@ from .metadata import (
     base_spec,
     base_state_of_peft_model,
     describe_base,
-    fingerprint,
     head_shapes,
     heads_of,
     hub_base_model,
     is_vision_model,
-    original_weights_fingerprint,
     plugin_version,
     quantization_of,
 )
@@ -150,7 +150,11 @@ def _section(meta: dict[str, Any]) -> str:
     if meta["quantization"]:
         q = meta["quantization"]
         kind = f" {q['quant_type']}" if q["quant_type"] else ""
-        rows.append(("Quantization", f"bitsandbytes {q['bits']}-bit{kind}"))
+        residual = ""
+        if q.get(RESIDUAL_KEY):  # the base's residual after the init was quantized (get_quantized_peft_model)
+            residual = (f" of the residual after the {q[RESIDUAL_KEY]['init']} init ({residual_label(q)}; "
+                        "`load_adapter` rebuilds it from the original full-precision base)")
+        rows.append(("Quantization", f"bitsandbytes {q['bits']}-bit{kind}{residual}"))
     if meta["dataset"]:
         rows.append(("Dataset", meta["dataset"]))
     lines = [START, "## Vision adapter (peft-vision-ext)", "", "| | |", "|---|---|"]

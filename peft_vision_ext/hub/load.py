@@ -15,9 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import AdapterLoadError, BaseModelMismatchError, name_list
+from ..fingerprints import fingerprint
 from ..fused.slices import SIDECAR
+from ..quantization.residual import RESIDUAL_KEY, load_residual_adapter
 from .describe import describe, record_preset
-from .metadata import METADATA_FILE, describe_base, fingerprint
+from .metadata import METADATA_FILE, describe_base
 
 _NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", METADATA_FILE, "README.md", SIDECAR)
@@ -39,7 +41,10 @@ def load_adapter(
     architecture with its pretrained tag and model arguments), transformers (class + name or path, bitsandbytes
     config included), torchvision (builder + the weights recorded with ``describe(base_weights=...)``) or a recipe of
     ours (:data:`peft_vision_ext.detection.RECIPES`, builder + arguments, offline weights); heads are
-    resized to the saved ones and a base quantized with ``peft_vision_ext.quantize`` is quantized the same way.
+    resized to the saved ones and a base quantized with ``peft_vision_ext.quantize`` is quantized the same way. An
+    adapter trained with ``get_quantized_peft_model`` (QPiSSA, QOLoRA, QCorDA) is saved for the original
+    full-precision base: that base is checked, its residual quantized as in training, and the trained model comes
+    back exactly.
     ``base_model`` skips the rebuild (your own model). ``verify_base`` compares every base tensor's fingerprint
     with the saved one and raises :class:`BaseModelMismatchError` on any difference.
     """
@@ -50,7 +55,11 @@ def load_adapter(
     model = base_model if base_model is not None else rebuild_base(metadata, path_or_repo_id)
     if verify_base and metadata is not None:
         verify_fingerprint(model, metadata, path_or_repo_id)
-    peft_model = PeftModel.from_pretrained(model, folder, adapter_name=adapter_name, is_trainable=is_trainable)
+    quantization = (metadata or {}).get("quantization") or {}
+    if RESIDUAL_KEY in quantization:  # QPiSSA & co: quantize the residual of the original base, as trained
+        peft_model = load_residual_adapter(model, folder, quantization, adapter_name, is_trainable)
+    else:
+        peft_model = PeftModel.from_pretrained(model, folder, adapter_name=adapter_name, is_trainable=is_trainable)
     if metadata is not None:
         preset = metadata.get("adapters", {}).get(adapter_name, {}).get("preset")
         if preset:
@@ -113,7 +122,9 @@ def rebuild_base(metadata: dict[str, Any], where: str = "the adapter") -> nn.Mod
                                "base_model=<an instance with the trained-on weights>.")
     resize_heads(model, metadata.get("heads") or {})
     quantization = metadata.get("quantization")
-    if quantization:
+    # A base quantized after a rewriting init (QPiSSA) is rebuilt in full precision: load_adapter quantizes the
+    # residual, which needs the adapter's initial factors.
+    if quantization and RESIDUAL_KEY not in quantization:
         from ..quantization import quantize
 
         kwargs = {k: v for k, v in quantization.items() if v is not None}

@@ -7,7 +7,6 @@ prove the rebuilt base is the one the adapter was trained on, instead of silentl
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fingerprints import fingerprint, under
 from ..quantization.quantize import QUANTIZATION_RECORD
 from .describe import card_info
 
@@ -181,11 +181,7 @@ def _shapes(state: dict[str, torch.Tensor], heads: list[str] | tuple[str, ...]) 
     ``num_batches_tracked`` is left out: torchvision builds with pretrained weights swap BatchNorm2d for
     FrozenBatchNorm2d, which has none."""
     return {name: tuple(t.shape) for name, t in state.items()
-            if not _under(name, heads) and not name.endswith("num_batches_tracked")}
-
-
-def _under(name: str, prefixes: list[str] | tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
+            if not under(name, heads) and not name.endswith("num_batches_tracked")}
 
 
 def _qualified_weights(builder: str | None, weights: str) -> str:
@@ -219,32 +215,10 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
     return leaves
 
 
-#: On a base model whose weights a LoRA init rewrote (PiSSA, OLoRA, CorDA, LoftQ): ``name -> (hash of the residual,
-#: hash of the original)``, set by the ``base-rewriting-init-save`` hook (peft_hooks/rewriting_inits.py).
-ORIGINAL_FINGERPRINT = "__peft_vision_ext_original_fingerprint__"
 #: On a PeftModel while one of its adapters is saved through PEFT's conversion to plain LoRA (same hook): its name.
 CONVERTED_ADAPTER = "__peft_vision_ext_converted_adapter__"
 
 
-def original_weights_fingerprint(base: nn.Module, prints: dict[str, str]) -> dict[str, str]:
-    """``prints`` with each rewritten weight that still holds its residual reported by its original hash: adapters
-    of rewriting inits are saved relative to the original base (PEFT's conversion), which load_adapter checks."""
-    rewritten = base.__dict__.get(ORIGINAL_FINGERPRINT) or {}
-    return {name: (rewritten[name][1] if name in rewritten and rewritten[name][0] == value else value)
-            for name, value in prints.items()}
-
-
-def fingerprint(state: dict[str, torch.Tensor], skip_prefixes: list[str]) -> dict[str, str]:
-    """SHA-256 (16 hex digits) of every tensor, by name, leaving out the heads (they are retrained)."""
-    prints = {}
-    for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or _under(name, skip_prefixes):
-            continue
-        data = tensor.detach().to("cpu").contiguous()
-        digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-        prints[name] = digest.hexdigest()[:16]
-    return prints
 
 
 def base_state_of_peft_model(peft_model: Any, state_dict: dict[str, torch.Tensor] | None = None

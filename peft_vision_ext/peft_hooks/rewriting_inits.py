@@ -23,31 +23,9 @@ from typing import Any
 
 import torch
 
-REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
-#: On the tuner: adapter name -> {(module path, adapter layer name): initial tensor}
-INITIAL_ATTRIBUTE = "__peft_vision_ext_initial_adapters__"
+from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors, rewrites_base
+
 _OWN_MARK = "__peft_vision_ext_rewriting_inits__"
-
-
-def rewrites_base(config: Any) -> bool:
-    """Whether ``config``'s initialisation rewrites the targeted base weights (PEFT's own test is a name prefix)."""
-    init = getattr(config, "init_lora_weights", True)
-    return isinstance(init, str) and init.startswith(REWRITING_INITS)
-
-
-def _adapter_tensors(model: Any, adapter: str) -> dict[tuple[str, str], torch.Tensor]:
-    """Every tensor of ``adapter`` in ``model``'s LoRA layers, by (module path, adapter layer name)."""
-    found = {}
-    for path, module in model.named_modules():
-        for layer_name in getattr(module, "adapter_layer_names", ()):
-            container = getattr(module, layer_name, None)
-            if container is None or adapter not in container:
-                continue
-            item = container[adapter]
-            tensor = item if isinstance(item, torch.Tensor) else getattr(item, "weight", None)
-            if isinstance(tensor, torch.Tensor):
-                found[(path, layer_name)] = tensor
-    return found
 
 
 def _weights(model: Any, paths: list[str]) -> dict[str, torch.Tensor]:
@@ -68,7 +46,7 @@ def _write_initial(peft_model: Any, adapter: str, folder: str) -> None:
     from safetensors.torch import save_file
 
     initial = peft_model.base_model.__dict__[INITIAL_ATTRIBUTE][adapter]
-    current = _adapter_tensors(peft_model.base_model.model, adapter)
+    current = adapter_tensors(peft_model.base_model.model, adapter)
     saved = {key: tensor.detach().clone() for key, tensor in current.items()}
     try:
         with torch.no_grad():  # swap the initial factors in, read PEFT's state dict, swap back
@@ -86,11 +64,41 @@ def _write_initial(peft_model: Any, adapter: str, folder: str) -> None:
     save_file(state, os.path.join(folder, "adapter_model.safetensors"))
 
 
+def _restore_dropped(peft_model: Any, adapter: str, save_directory: str, safe_serialization: bool) -> None:
+    """Put back what PEFT's conversion leaves out of the saved adapter.
+
+    ``subtract_mutated_init`` (peft 0.17.1 to 0.21.2) returns only the concatenated ``lora_A`` / ``lora_B`` tensors:
+    the trained heads (``modules_to_save``) and DoRA's magnitudes were silently not saved, and a config listing
+    ``modules_to_save`` then failed to load (KeyError). They are saved as trained: the converted factors give the
+    same weights (W + [B | -B0][A | A0] = W_res + BA), so the heads and magnitudes stay valid on the original base.
+    """
+    from peft import get_peft_model_state_dict
+
+    kept = {name: tensor.detach().to("cpu").contiguous().clone()
+            for name, tensor in get_peft_model_state_dict(peft_model, adapter_name=adapter).items()
+            if "lora_A" not in name and "lora_B" not in name}
+    folder = save_directory if adapter == "default" else os.path.join(save_directory, adapter)
+    path = os.path.join(folder, "adapter_model.safetensors" if safe_serialization else "adapter_model.bin")
+    if not kept or not os.path.isfile(path):  # not the main process of a distributed save: it wrote nothing
+        return
+    if safe_serialization:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(path)
+        if kept.keys() - state.keys():
+            save_file({**state, **kept}, path, metadata={"format": "pt"})
+    else:
+        state = torch.load(path, weights_only=True)
+        if kept.keys() - state.keys():
+            torch.save({**state, **kept}, path)
+
+
 def _install_rewriting_inits() -> None:
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTuner
 
-    from ..hub.metadata import CONVERTED_ADAPTER, ORIGINAL_FINGERPRINT, fingerprint
+    from ..fingerprints import ORIGINAL_FINGERPRINT, fingerprint
+    from ..hub.metadata import CONVERTED_ADAPTER
     from ..targets import targeted_modules
     from . import ORIGINALS
 
@@ -115,7 +123,7 @@ def _install_rewriting_inits() -> None:
             first = stored.get(name)
             stored[name] = (residual, first[1] if first else originals[name])
         self.__dict__.setdefault(INITIAL_ATTRIBUTE, {})[adapter_name] = {
-            key: tensor.detach().clone() for key, tensor in _adapter_tensors(model, adapter_name).items()}
+            key: tensor.detach().clone() for key, tensor in adapter_tensors(model, adapter_name).items()}
         return result
 
     @functools.wraps(original_save)
@@ -138,10 +146,12 @@ def _install_rewriting_inits() -> None:
             _write_initial(self, converting[0], folder)
             self.__dict__[CONVERTED_ADAPTER] = converting[0]  # the card describes what is saved (rank 2r)
             try:
-                return original_save(self, save_directory, *args, path_initial_model_for_weight_conversion=folder,
-                                     **kwargs)
+                result = original_save(self, save_directory, *args, path_initial_model_for_weight_conversion=folder,
+                                       **kwargs)
             finally:
                 self.__dict__.pop(CONVERTED_ADAPTER, None)
+        _restore_dropped(self, converting[0], save_directory, kwargs.get("safe_serialization", True))
+        return result
 
     # Own marks only: installed first, these wrappers get wrapped by hooks that test the shared mark to stay
     # idempotent (vision-default-targets, fused-qkv-slices), which must not mistake them for their own.

@@ -1,4 +1,4 @@
-"""Quantized (bitsandbytes) fine-tuning of ViTs: quantize, a transformers config, merge, memory accounting."""
+"""Quantized (bitsandbytes) fine-tuning of ViTs: quantize, QPiSSA, a transformers config, merge, memory accounting."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from .cpu_packing import cpu_takes_packed_path, enable_inference_packing, keep_u
 from .hf import bnb_config
 from .merge import dequantize, merge_and_unload
 from .quantize import QuantizationPlan, plan, quantize
+from .residual import get_quantized_peft_model
 
-__all__ = ["quantize", "plan", "QuantizationPlan", "bnb_config", "merge_and_unload", "dequantize", "storage_bytes",
+__all__ = ["quantize", "get_quantized_peft_model",
+           "plan", "QuantizationPlan", "bnb_config", "merge_and_unload", "dequantize", "storage_bytes",
            "keep_unpacked", "enable_inference_packing", "cpu_takes_packed_path", "set_buffered_dequantization",
            "set_release_freed_memory", "release_freed_memory"]

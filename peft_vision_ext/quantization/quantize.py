@@ -100,15 +100,9 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
     Bad input (bits, quant_type, device, an already quantized model, nothing to quantize, checkpointing on a model
     without a switch) raises :class:`QuantizationError` before anything is changed.
     """
-    if bits == 4 and quant_type not in ("nf4", "fp4"):
-        raise QuantizationError(f"quant_type must be 'nf4' or 'fp4' for 4-bit; got {quant_type!r}.")
-    chosen = plan(model, bits, skip)
+    chosen = preflight(model, bits, quant_type, skip, gradient_checkpointing)
     device = _device(model)
     enable_checkpointing = _checkpointing_switch(model) if gradient_checkpointing else None
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise QuantizationError("quantize() needs bitsandbytes: pip install bitsandbytes") from error
     for name in chosen.layers:
         linear = _module(model, name)
         parent_name, _, child = name.rpartition(".")
@@ -128,6 +122,25 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
     if enable_checkpointing is not None:
         enable_checkpointing()
     return model
+
+
+def preflight(model: nn.Module, bits: int = 4, quant_type: str = "nf4", skip: Iterable[str] | None = None,
+              gradient_checkpointing: bool = False, **_: object) -> QuantizationPlan:
+    """Every check :func:`quantize` makes before it changes anything (reads the model only); its plan.
+
+    Extra keyword arguments (quantize's other options) are accepted and ignored, so callers can pass theirs through.
+    """
+    if bits == 4 and quant_type not in ("nf4", "fp4"):
+        raise QuantizationError(f"quant_type must be 'nf4' or 'fp4' for 4-bit; got {quant_type!r}.")
+    chosen = plan(model, bits, skip)
+    _device(model)
+    if gradient_checkpointing:
+        _checkpointing_switch(model)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise QuantizationError("quantize() needs bitsandbytes: pip install bitsandbytes") from error
+    return chosen
 
 
 def _checkpointing_switch(model: nn.Module) -> object:
