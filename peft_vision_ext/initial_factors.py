@@ -36,3 +36,18 @@ def adapter_tensors(model: Any, adapter: str) -> dict[tuple[str, str], torch.Ten
             if isinstance(tensor, torch.Tensor):
                 found[(path, layer_name)] = tensor
     return found
+
+
+def split_converted(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """PEFT's converted adapter ``[A | A0]``, ``[B | -B0]`` -> (trained, initial) factors; other tensors in both."""
+    trained, initial = {}, {}
+    for name, tensor in state.items():
+        if ".lora_A." in name:
+            rank = tensor.shape[0] // 2
+            trained[name], initial[name] = tensor[:rank].clone(), tensor[rank:].clone()
+        elif ".lora_B." in name:
+            rank = tensor.shape[1] // 2
+            trained[name], initial[name] = tensor[:, :rank].clone(), -tensor[:, rank:]
+        else:  # heads (modules_to_save): PEFT's loading wants them with the factors
+            trained[name] = initial[name] = tensor
+    return trained, initial

@@ -206,3 +206,57 @@ def test_matrix_offers_this_path_for_every_residual_init() -> None:
     from peft_vision_ext.quantization.residual import RESIDUAL_INITS
 
     assert _RESIDUAL_ROWS == tuple(f"lora-{init}" for init in RESIDUAL_INITS)
+
+
+class _Classifier(torch.nn.Module):
+    """A timm ViT with the (pixel_values, labels) -> loss interface transformers.Trainer expects."""
+
+    def __init__(self, vit: torch.nn.Module):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.vit(pixel_values)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_trainer_resumes_from_a_converted_checkpoint(tmp_path: Path, bits: int | None) -> None:
+    """Checkpoints are saved converted (rank 2r, for the original base); Trainer's resume_from_checkpoint loads them
+    into the rank-r adapter that trains on the residual (PEFT: size mismatch). A resumed run ends like a straight
+    one."""
+    import timm
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 3, 32, 32, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+    dataset = [{"pixel_values": images[i], "labels": labels[i]} for i in range(16)]
+    vit = _pretrained_like(timm.create_model("vit_tiny_patch16_224", **VIT_ARGS))
+
+    def run(folder: str, callbacks: list, resume: str | None = None) -> PeftModel:
+        torch.manual_seed(0)
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv"], init_lora_weights="pissa",
+                                 modules_to_save=["vit.head"])
+        model = _Classifier(copy.deepcopy(vit))
+        model = (peft.get_peft_model(model, config) if bits is None
+                 else pve.get_quantized_peft_model(model, config, bits=bits))
+        args = TrainingArguments(output_dir=str(tmp_path / folder), max_steps=4, per_device_train_batch_size=4,
+                                 learning_rate=1e-2, lr_scheduler_type="constant", save_steps=2, report_to=[],
+                                 use_cpu=True, seed=0, data_seed=0, dataloader_num_workers=0, disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks).train(resume_from_checkpoint=resume)
+        return model
+
+    straight = run("a", [])
+    run("b", [StopAt()])
+    saved = json.loads((tmp_path / "b" / "checkpoint-2" / "adapter_config.json").read_text())
+    assert saved["r"] == 8  # converted
+    resumed = run("b", [], resume=str(tmp_path / "b" / "checkpoint-2"))
+    expected, actual = peft.get_peft_model_state_dict(straight), peft.get_peft_model_state_dict(resumed)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=1e-4)

@@ -80,7 +80,8 @@ HOOKS: tuple[Hook, ...] = (
         name="base-rewriting-init-save",
         why="PiSSA/OLoRA/CorDA/LoftQ rewrite the base weights: a plain save re-ran the init at every load (CorDA's "
             "reload raised) and load_adapter refused the original base; saved through PEFT's conversion to plain "
-            "LoRA (initial adapter kept from injection), the card fingerprints the original weights",
+            "LoRA (initial adapter kept from injection), the card fingerprints the original weights; such a "
+            "checkpoint loads back into the training adapter (Trainer resume) as its trained half",
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_rewriting_inits,

@@ -10,6 +10,11 @@ of rank 2r (loads anywhere, merges into the original base) when given ``path_ini
 a folder with the adapter as initialised that the user has to have saved before training. This hook keeps the
 initial factors in memory from injection on and, at a save without that argument, writes them to a temporary
 folder and passes it; the card reports the original weights' fingerprint (hashed before PEFT rewrote them).
+
+Loading such a checkpoint back into the adapter that is training (Trainer's ``resume_from_checkpoint`` and
+``load_best_model_at_end`` call ``PeftModel.load_adapter`` with the active adapter's name) would put rank-2r factors
+into the rank-r adapter (size mismatch): ``load_adapter`` loads the trained half instead, after checking that the
+checkpoint's initial half is this model's initial factors.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any
 
 import torch
 
-from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors, rewrites_base
+from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors, rewrites_base, split_converted
 
 _OWN_MARK = "__peft_vision_ext_rewriting_inits__"
 
@@ -40,28 +46,83 @@ def _weights(model: Any, paths: list[str]) -> dict[str, torch.Tensor]:
     return found
 
 
-def _write_initial(peft_model: Any, adapter: str, folder: str) -> None:
-    """The adapter as initialised, in PEFT's format (its config says plain init, as PEFT's recipe asks)."""
+def initial_state(peft_model: Any, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter as initialised, as PEFT's state dict (CPU copies): the kept initial factors swapped in, read,
+    swapped back."""
     from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
     initial = peft_model.base_model.__dict__[INITIAL_ATTRIBUTE][adapter]
     current = adapter_tensors(peft_model.base_model.model, adapter)
     saved = {key: tensor.detach().clone() for key, tensor in current.items()}
     try:
-        with torch.no_grad():  # swap the initial factors in, read PEFT's state dict, swap back
+        with torch.no_grad():
             for key, tensor in current.items():
                 tensor.copy_(initial[key])
             state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
-            state = {name: value.detach().to("cpu").contiguous().clone() for name, value in state.items()}
+            return {name: value.detach().to("cpu").contiguous().clone() for name, value in state.items()}
     finally:
         with torch.no_grad():
             for key, tensor in current.items():
                 tensor.copy_(saved[key])
-    config = copy.deepcopy(peft_model.peft_config[adapter])
-    config.init_lora_weights = True
+
+
+def _write_adapter(config: Any, state: dict[str, torch.Tensor], folder: str) -> None:
+    from safetensors.torch import save_file
+
     config.save_pretrained(folder)
     save_file(state, os.path.join(folder, "adapter_model.safetensors"))
+
+
+def _write_initial(peft_model: Any, adapter: str, folder: str) -> None:
+    """The adapter as initialised, in PEFT's format (its config says plain init, as PEFT's recipe asks)."""
+    config = copy.deepcopy(peft_model.peft_config[adapter])
+    config.init_lora_weights = True
+    _write_adapter(config, initial_state(peft_model, adapter), folder)
+
+
+def _converted_checkpoint(peft_model: Any, model_id: Any, adapter: str, subfolder: str | None) -> str | None:
+    """The local folder of ``model_id`` when it holds this adapter saved through the conversion (rank 2r, plain
+    init) and the adapter in memory still has its initial factors (it trains on the residual), else None."""
+    import json
+
+    if adapter not in peft_model.peft_config or adapter not in (peft_model.base_model.__dict__.get(INITIAL_ATTRIBUTE)
+                                                                  or {}):
+        return None
+    folder = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        saved = json.load(handle)
+    config = peft_model.peft_config[adapter]
+    converted = saved.get("init_lora_weights") is True and saved.get("r") == 2 * config.r
+    return folder if converted else None
+
+
+def _load_trained_half(peft_model: Any, folder: str, adapter: str) -> str:
+    """A temporary folder with the trained half of a converted checkpoint of ``adapter``, in the adapter's own
+    config (rank r): what the model in memory, which holds the residual, loads to resume. Refused when the
+    checkpoint's initial half is not this model's initial factors (another run, or a randomised init)."""
+    from peft.utils import load_peft_weights
+
+    trained, initial = split_converted(load_peft_weights(folder, device="cpu"))
+    mine = initial_state(peft_model, adapter)
+    factors = [name for name in initial if "lora_A" in name or "lora_B" in name]
+    differing = [name for name in factors
+                 if name not in mine or not torch.equal(initial[name].to(mine[name].dtype), mine[name])]
+    if differing or not factors:
+        init = peft_model.peft_config[adapter].init_lora_weights
+        raise ValueError(
+            f"{folder} holds adapter {adapter!r} saved as PEFT's conversion of a {init} init (rank 2r, relative to "
+            f"the original base), but its initial factors differ from this model's ({len(differing)} tensors, e.g. "
+            f"{(differing or ['none saved'])[0]}): it comes from another run or base, or a randomised init such as "
+            "pissa_niter_K. This model holds the residual of its own init, so the checkpoint cannot resume it. Load "
+            "it onto the original base instead: peft_vision_ext.load_adapter(path), or "
+            "PeftModel.from_pretrained(original_model, path).")
+    staging = tempfile.mkdtemp(prefix="pve-resume-")
+    config = copy.deepcopy(peft_model.peft_config[adapter])
+    _write_adapter(config, {name: tensor.contiguous() for name, tensor in trained.items()}, staging)
+    return staging
 
 
 def _restore_dropped(peft_model: Any, adapter: str, save_directory: str, safe_serialization: bool) -> None:
@@ -104,6 +165,7 @@ def _install_rewriting_inits() -> None:
 
     original_inject = BaseTuner.inject_adapter
     original_save = PeftModel.save_pretrained
+    original_load = PeftModel.load_adapter
     if getattr(original_save, _OWN_MARK, False):
         return
 
@@ -153,10 +215,26 @@ def _install_rewriting_inits() -> None:
         _restore_dropped(self, converting[0], save_directory, kwargs.get("safe_serialization", True))
         return result
 
+    @functools.wraps(original_load)
+    def load_adapter(self: Any, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        # Trainer's resume_from_checkpoint and load_best_model_at_end load a checkpoint into the adapter being
+        # trained. Checkpoints are saved converted (rank 2r, for the original base) while this model holds the
+        # residual and the rank-r adapter: load the trained half, after checking the initial half is this model's.
+        folder = _converted_checkpoint(self, model_id, adapter_name, kwargs.get("subfolder"))
+        if folder is None:
+            return original_load(self, model_id, adapter_name, *args, **kwargs)
+        staging = _load_trained_half(self, folder, adapter_name)
+        kwargs.pop("subfolder", None)
+        try:
+            return original_load(self, staging, adapter_name, *args, **kwargs)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     # Own marks only: installed first, these wrappers get wrapped by hooks that test the shared mark to stay
     # idempotent (vision-default-targets, fused-qkv-slices), which must not mistake them for their own.
-    for function in (inject_adapter, save_pretrained):
+    for function in (inject_adapter, save_pretrained, load_adapter):
         setattr(function, _OWN_MARK, True)
     ORIGINALS["base-rewriting-init-save"] = original_save
     BaseTuner.inject_adapter = inject_adapter
     PeftModel.save_pretrained = save_pretrained
+    PeftModel.load_adapter = load_adapter

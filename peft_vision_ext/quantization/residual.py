@@ -59,6 +59,7 @@ def get_quantized_peft_model(model: nn.Module, config: Any, bits: int = 4, *, ad
     _check_model(model)
     preflight(model, bits, **quantize_options)
     config = _with_default_targets(model, config)
+    quantize_options = _keeping_trained_modules(model, config, bits, quantize_options)
     # PEFT rewrites the targeted weights at init; the build starts again from the originals, so that training and
     # load_adapter compute the residual the same way.
     originals = {path: base_layer(module).weight.detach().clone() for path, module in targeted_modules(model, config)}
@@ -105,6 +106,24 @@ def _check_model(model: nn.Module) -> None:
         raise QuantizationError(
             f"get_quantized_peft_model() takes the bare full-precision model; {type(model).__name__} already holds "
             f"PEFT adapters ({adapted or 'peft_config'}). Pass the model before get_peft_model (or unload() it).")
+
+
+def _keeping_trained_modules(model: nn.Module, config: Any, bits: int, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the Linear layers ``config`` trains in full (``modules_to_save``) kept in full precision.
+
+    quantize() keeps the heads it recognises; a head it does not (a timm model inside the user's own wrapper module
+    is a generic transformer, its head a plain Linear) would be quantized, and PEFT's copy of it for training then
+    fails ("only Tensors of floating point dtype can require gradients").
+    """
+    from .quantize import plan
+
+    trained = list(getattr(config, "modules_to_save", None) or [])
+    chosen = plan(model, bits, options.get("skip"))
+    covered = [name for name in chosen.layers
+               if any(name == entry or name.endswith("." + entry) or name.startswith(entry + ".") for entry in trained)]
+    if not covered:
+        return options
+    return {**options, "skip": sorted(set(chosen.kept) | set(covered) | set(options.get("skip") or []))}
 
 
 def _with_default_targets(model: nn.Module, config: Any) -> Any:
@@ -192,21 +211,6 @@ def _load(peft_model: Any, state: dict[str, torch.Tensor], adapter_name: str) ->
                                 f"{', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}).")
 
 
-def split_converted(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """PEFT's converted adapter ``[A | A0]``, ``[B | -B0]`` -> (trained, initial) factors; other tensors in both."""
-    trained, initial = {}, {}
-    for name, tensor in state.items():
-        if ".lora_A." in name:
-            rank = tensor.shape[0] // 2
-            trained[name], initial[name] = tensor[:rank].clone(), tensor[rank:].clone()
-        elif ".lora_B." in name:
-            rank = tensor.shape[1] // 2
-            trained[name], initial[name] = tensor[:, :rank].clone(), -tensor[:, rank:]
-        else:  # heads (modules_to_save): PEFT's loading wants them with the factors
-            trained[name] = initial[name] = tensor
-    return trained, initial
-
-
 def load_residual_adapter(base: nn.Module, folder: str, quantization: dict[str, Any], adapter_name: str = "default",
                           is_trainable: bool = False) -> Any:
     """The trained model of a residual-quantized adapter saved in ``folder``, on its original full-precision base.
@@ -215,6 +219,8 @@ def load_residual_adapter(base: nn.Module, folder: str, quantization: dict[str, 
     """
     from peft import LoraConfig
     from safetensors.torch import load_file
+
+    from ..initial_factors import split_converted
 
     record = quantization[RESIDUAL_KEY]
     config = LoraConfig.from_pretrained(folder)
@@ -247,5 +253,5 @@ def residual_label(quantization: dict[str, Any]) -> str:
     return "Q" + {"pissa": "PiSSA", "olora": "OLoRA", "corda": "CorDA"}.get(init, init)
 
 
-__all__ = ["get_quantized_peft_model", "load_residual_adapter", "build", "split_converted", "RESIDUAL_INITS",
+__all__ = ["get_quantized_peft_model", "load_residual_adapter", "build", "RESIDUAL_INITS",
            "RESIDUAL_KEY", "residual_label"]
