@@ -189,7 +189,7 @@ def build(base: nn.Module, config: Any, initial: dict[str, torch.Tensor], traine
             parameter.requires_grad_(False)
     # Every tensor the residual or the quantization changed is reported by its full-precision original (the
     # quantization state's extra tensors by nothing), while it still holds what it holds now: see
-    # hub.metadata.original_weights_fingerprint.
+    # fingerprints.original_weights_fingerprint.
     base.__dict__[ORIGINAL_FINGERPRINT] = {name: (value, originals.get(name)) for name, value in current.items()
                                            if originals.get(name) != value}
     return model
