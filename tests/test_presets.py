@@ -1,5 +1,7 @@
 """Vision presets: every registered family resolves a default preset that trains, on both lanes."""
 
+import warnings
+
 import peft
 import pytest
 import torch
@@ -215,3 +217,41 @@ def test_readme_presets_table_is_rendered_from_the_data():
 
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert presets_markdown() in readme, "README presets table differs from PRESETS: paste presets_markdown()"
+
+
+class _UserWrapper(nn.Module):
+    """A registered model inside the user's own module, as people write to give Trainer a model that returns a loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, labels=None):
+        output = model_output(self.model(pixel_values))
+        loss = output.float().pow(2).mean() if labels is not None else None
+        return {"loss": loss, "logits": output}
+
+
+@pytest.mark.parametrize("case", sorted(ZOO))
+def test_heads_of_a_wrapped_registered_model_are_found(case):
+    """The wrapper is unregistered (structural inference); its heads are the wrapped model's, by their path in it.
+    Before, a wrapped model's new head was neither trained (no modules_to_save) nor kept out of quantization."""
+    inner = ZOO[case][0]()
+    expected = tuple(f"model.{name}" for name in detect_family(inner).heads)
+    detection = detect_family(_UserWrapper(inner))
+    assert not detection.registered and detection.heads == expected
+
+
+def test_wrapped_vit_trains_its_head_and_keeps_it_out_of_quantization():
+    import peft_vision_ext as pve
+
+    build, shape = ZOO["timm-vit"]
+    wrapped = _UserWrapper(build())
+    assert pve.quantization.plan(wrapped).kept == ("model.head",)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the probe forward runs: the input size comes from inside
+        peft_model = peft.get_peft_model(wrapped, peft.LoraConfig(r=2))
+    assert peft_model.peft_config["default"].modules_to_save == ["model.head"]
+    peft_model(torch.randn(*shape), labels=torch.zeros(shape[0]))["loss"].backward()
+    head = peft_model.base_model.model.model.head.modules_to_save["default"]
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0

@@ -201,6 +201,39 @@ def test_already_quantized_and_meta_models_are_refused() -> None:
     assert all(type(m) is not object for m in meta.modules()) and layer_kind(meta.head) is LayerKind.LINEAR
 
 
+class _Wrapped(torch.nn.Module):
+    """A timm ViT inside the user's own module with its own output layer under a name no registry knows."""
+
+    def __init__(self, vit: torch.nn.Module):
+        super().__init__()
+        self.vit = vit
+        self.out = torch.nn.Linear(vit.num_classes, 3)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.out(self.vit(pixel_values))
+
+
+def test_quantized_modules_to_save_are_refused_untouched() -> None:
+    model, x = _build("timm-vit")
+    full_precision = copy.deepcopy(model)
+    wrapped = pve.quantize(_Wrapped(model), bits=4)
+    assert layer_kind(wrapped.out) is LayerKind.BNB_4BIT  # not recognised as a head
+    assert layer_kind(wrapped.vit.head) is LayerKind.LINEAR  # the wrapped timm model's head is
+    config = peft.LoraConfig(r=4, target_modules=["qkv"], modules_to_save=["out"])
+    with pve.allow_unsupported(), pytest.raises(RuntimeError, match="floating point dtype"):  # upstream
+        get_peft_model(copy.deepcopy(wrapped), copy.deepcopy(config))
+    before = _snapshot(wrapped)
+    with pytest.raises(UnsupportedCombinationError, match=r"modules_to_save out .*skip=\['out'\]"):
+        get_peft_model(wrapped, config)
+    assert _same(before, _snapshot(wrapped)) and not hasattr(wrapped, "peft_config")
+    # the advice works: the layer stays in full precision and trains
+    kept = pve.quantize(_Wrapped(full_precision), bits=4, skip=["out", "vit.head"])
+    assert layer_kind(kept.out) is LayerKind.LINEAR and layer_kind(kept.vit.blocks[0].attn.qkv) is BNB[4]
+    adapted = get_peft_model(kept, config)
+    adapted(x).pow(2).mean().backward()
+    assert adapted.base_model.model.out.modules_to_save["default"].weight.grad is not None
+
+
 def test_skip_overrides_the_default() -> None:
     model, _ = _build("timm-vit")
     plan = pve.quantization.plan(model, 4, skip=["fc2"])

@@ -75,6 +75,39 @@ def _warn_suffix_surprises(model: nn.Module, config: Any) -> None:
                    "rename the module or list a longer, unambiguous path.")
 
 
+def _refuse_quantized_heads(model: nn.Module, config: Any) -> None:
+    """modules_to_save on a bitsandbytes layer (or a module holding one): PEFT trains a full-precision copy of each,
+    which a packed integer weight cannot be; PEFT raised "only Tensors of floating point dtype can require
+    gradients" after it had already replaced some targets. A head quantize() did not recognise is the usual cause (a
+    timm model inside the user's own wrapper module)."""
+    from ..errors import UnsupportedCombinationError
+
+    found: dict[str, list[str]] = {}
+    for key in getattr(config, "modules_to_save", None) or []:
+        for name, module in model.named_modules():
+            if not name.endswith(key) or isinstance(module, CONTAINERS):
+                continue
+            quantized = [inner for inner, m in module.named_modules()
+                         if layer_kind(m) in (LayerKind.BNB_4BIT, LayerKind.BNB_8BIT)]
+            if quantized:
+                found.setdefault(name, [f"{name}.{q}" if q else name for q in quantized])
+    if not found:
+        return
+    names = sorted(found)
+    layers = sorted({layer for inner in found.values() for layer in inner})
+    reason = ("modules_to_save trains a full-precision copy of each module, and these hold bitsandbytes-quantized "
+              "layers")
+    listed = ", ".join(repr(layer) for layer in layers[:6]) + (", ..." if len(layers) > 6 else "")
+    instead = (f"quantize the full-precision model keeping them: peft_vision_ext.quantize(model, skip=[{listed}]) "
+               "(skip replaces the default list of kept layers: add any other layer to keep), or "
+               "get_quantized_peft_model, which keeps modules_to_save by itself; for transformers models, list them "
+               "in llm_int8_skip_modules (bnb_config() does so for the heads it recognises)")
+    raise UnsupportedCombinationError(
+        f"{method_name(config)}: modules_to_save {name_list(names)} cannot be trained in full: {reason} "
+        f"({name_list(layers)}). Instead: {instead}.\nThe model was not modified.",
+        method_name(config), Operation.TRAIN.value, {("bnb", reason, instead): names})
+
+
 def enforce_injection(model: nn.Module, config: Any) -> None:
     """Before PEFT replaces any module: refuse what the matrix refuses (and targets the forward never calls), warn
     what it warns about. The targets whose parent computes ``F.linear`` with their weight itself are recorded on the
@@ -93,6 +126,8 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
     # bitsandbytes may have repacked 4-bit weights at an eval forward before the plugin saw the model: training
     # would fail on them (see quantization/cpu_packing.py); from here on they stay unpacked.
     keep_unpacked(model)
+    if enforcing():
+        _refuse_quantized_heads(model, config)
     report = inspect_targets(model, config)  # also without enforcement: routing needs to know the parents
     if enforcing():
         error = report.error(Operation.TRAIN)

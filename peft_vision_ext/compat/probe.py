@@ -27,7 +27,15 @@ logger = logging.getLogger("peft_vision_ext")
 
 
 def _sizes(model: nn.Module) -> list[tuple[int, int, int]]:
-    """Candidate (channels, height, width) inputs, most specific first."""
+    """Candidate (channels, height, width) inputs, most specific first. A model that says nothing of its input
+    size (the user's own module around a timm/transformers/torchvision model) gets the first size a module inside
+    it gives."""
+    sizes = _own_sizes(model) or next((found for module in model.modules()
+                                       if module is not model and (found := _own_sizes(module))), [])
+    return list(dict.fromkeys([*sizes, (3, 224, 224)]))
+
+
+def _own_sizes(model: nn.Module) -> list[tuple[int, int, int]]:
     sizes = []
     patch_embed = getattr(model, "patch_embed", None)  # timm ViTs built with img_size=...: the real size
     img_size = getattr(patch_embed, "img_size", None)
@@ -45,8 +53,7 @@ def _sizes(model: nn.Module) -> list[tuple[int, int, int]]:
             sizes.append((getattr(config, "num_channels", 3), height, width))
     if isinstance(getattr(model, "image_size", None), int):  # torchvision VisionTransformer
         sizes.append((3, model.image_size, model.image_size))
-    sizes.append((3, 224, 224))
-    return list(dict.fromkeys(sizes))
+    return sizes
 
 
 Example = torch.Tensor | dict[str, torch.Tensor]

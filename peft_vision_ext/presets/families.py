@@ -179,7 +179,30 @@ def head_names(model: nn.Module, family: VisionFamily | None = None) -> list[str
         module = getattr(model, attribute, None)
         if isinstance(module, nn.Module) and _has_weights(module):
             names.append(attribute)
+    if family is None:
+        names += [name for name in _wrapped_heads(model) if not any(name.startswith(n + ".") for n in names)]
     return names
+
+
+def _wrapped_heads(model: nn.Module) -> list[str]:
+    """The heads of registered models inside an unregistered one, by their path in it.
+
+    A timm, torchvision or transformers model inside the user's own module (the usual way to give Trainer a model
+    that returns a loss) is a generic model to the registry: without this its head, new and randomly initialised,
+    was neither trained (no modules_to_save) nor kept out of quantization.
+    """
+    found: list[str] = []
+    for path, module in model.named_modules():
+        if not path or any(path.startswith(outer + ".") for outer in found):
+            continue
+        if any(family.matches(module) for family in _FAMILIES.values()):
+            found.append(path)
+    heads = []
+    for path in found:
+        inner = model.get_submodule(path)
+        family = next(f for f in _FAMILIES.values() if f.matches(inner))
+        heads += [f"{path}.{name}" for name in head_names(inner, family)]
+    return heads
 
 
 def _expand_container(module: object) -> list[object]:
