@@ -95,7 +95,8 @@ def quantize(model: nn.Module, bits: int = 4, quant_type: str = "nf4", double_qu
     names to keep instead, replacing that default). The model is then marked as PEFT expects of a quantized model
     (``is_loaded_in_4bit``/``8bit``) and prepared for k-bit training: every non-quantized floating parameter in
     fp32 and frozen, inputs of the first block requiring grad, and with ``gradient_checkpointing=True`` timm's
-    ``set_grad_checkpointing`` / transformers' ``gradient_checkpointing_enable``.
+    ``set_grad_checkpointing`` / transformers' ``activation_checkpointing_enable`` (``gradient_checkpointing_enable``
+    before 5.25).
 
     Bad input (bits, quant_type, device, an already quantized model, nothing to quantize, checkpointing on a model
     without a switch) raises :class:`QuantizationError` before anything is changed.
@@ -146,6 +147,8 @@ def preflight(model: nn.Module, bits: int = 4, quant_type: str = "nf4", skip: It
 def _checkpointing_switch(model: nn.Module) -> object:
     if hasattr(model, "set_grad_checkpointing"):  # timm
         return lambda: model.set_grad_checkpointing(True)
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.25 (the old name warns there)
+        return lambda: model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(model, "gradient_checkpointing_enable"):  # transformers
         return lambda: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     raise QuantizationError(f"{type(model).__name__} has no gradient-checkpointing switch (timm models have "
