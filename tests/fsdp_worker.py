@@ -254,6 +254,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=240)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    faulthandler.enable()  # a native abort (SIGABRT from gloo's threads) prints where Python was
     faulthandler.dump_traceback_later(args.timeout, exit=True)  # a collective that never completes: say where
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

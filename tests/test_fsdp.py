@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import peft
@@ -39,8 +40,19 @@ def sharded_runs(tmp_path_factory):
                "--master_port", str(_free_port()), str(ROOT / "tests" / "fsdp_worker.py"), "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # PYTHONPATH (old lane) kept
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    if result.returncode != 0 and _native_abort(result.stderr):
+        # Seen once in ~14 runs (2026-12-04, torch 2.14.1): both ranks aborted in C++ ("terminate called without an
+        # active exception", SIGABRT), no Python error. Retried once on a fresh port; a Python failure, or a second
+        # abort, still fails. The first attempt's tail is reported as a warning (faulthandler shows where it was).
+        warnings.warn(f"FSDP worker aborted natively, retried once: {result.stderr[-3000:]}", stacklevel=1)
+        command[command.index("--master_port") + 1] = str(_free_port())
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     return out
+
+
+def _native_abort(stderr: str) -> bool:
+    return "terminate called without an active exception" in stderr and "Signal 6 (SIGABRT)" in stderr
 
 
 def _records(out: Path, case: str) -> list[dict]:
