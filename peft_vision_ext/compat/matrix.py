@@ -16,6 +16,7 @@ from typing import Any
 from packaging.version import Version
 
 from .kinds import LayerKind
+from .rows import LORA_VARIANTS
 
 K = LayerKind
 
@@ -259,13 +260,12 @@ def title(row: str) -> str:
 
 
 def _is_lora_variant(row: str) -> bool:
-    from .rows import LORA_VARIANTS
-
     return any(row == variant.name for variant in LORA_VARIANTS)
 
 
-#: LoRA-init rows whose residual quantization.residual quantizes (QPiSSA): their refusals on bnb layers offer it.
-_RESIDUAL_ROWS = ("lora-pissa", "lora-olora", "lora-corda")
+#: LoRA-init rows whose residual quantization.residual quantizes (QPiSSA): the base-rewriting inits that run
+#: without a GPU. Their refusals on bnb layers offer it.
+_RESIDUAL_ROWS = tuple(v.name for v in LORA_VARIANTS if v.rewrites_base and not v.needs_gpu)
 #: What refusals of measured cells offer instead (the fused-slices layout is LoRA's, not an alternative to it).
 _ALTERNATIVES = tuple(m for m in METHODS if m != "lora-slices")
 
@@ -463,7 +463,7 @@ def _table(rows: list[str], notes: dict[tuple[str, str], int]) -> list[str]:
 
 def measured_rows() -> tuple[list[str], list[str]]:
     """(LoRA variant rows, other method rows) that the measured grid holds, in the order rows.py lists them."""
-    from .rows import LORA_VARIANTS, OTHER_METHODS
+    from .rows import OTHER_METHODS
 
     present = {e.method for e in MATRIX}
     return ([r.name for r in LORA_VARIANTS if r.name in present], [r.name for r in OTHER_METHODS if r.name in present])

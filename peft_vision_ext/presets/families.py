@@ -191,17 +191,15 @@ def _wrapped_heads(model: nn.Module) -> list[str]:
     that returns a loss) is a generic model to the registry: without this its head, new and randomly initialised,
     was neither trained (no modules_to_save) nor kept out of quantization.
     """
+    heads: list[str] = []
     found: list[str] = []
     for path, module in model.named_modules():
         if not path or any(path.startswith(outer + ".") for outer in found):
             continue
-        if any(family.matches(module) for family in _FAMILIES.values()):
+        family = next((f for f in _FAMILIES.values() if f.matches(module)), None)
+        if family is not None:
             found.append(path)
-    heads = []
-    for path in found:
-        inner = model.get_submodule(path)
-        family = next(f for f in _FAMILIES.values() if f.matches(inner))
-        heads += [f"{path}.{name}" for name in head_names(inner, family)]
+            heads += [f"{path}.{name}" for name in head_names(module, family)]
     return heads
 
 

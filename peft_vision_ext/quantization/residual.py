@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import QuantizationError
-from .quantize import QUANTIZATION_RECORD, preflight, quantize
+from .quantize import QUANTIZATION_RECORD, QuantizationPlan, preflight, quantize
 
 #: The inits whose residual is quantized. LoftQ is PEFT's own quantization-aware init (CUDA only).
 RESIDUAL_INITS = ("pissa", "olora", "corda")
@@ -57,9 +57,9 @@ def get_quantized_peft_model(model: nn.Module, config: Any, bits: int = 4, *, ad
 
     _check_config(config)
     _check_model(model)
-    preflight(model, bits, **quantize_options)
+    chosen = preflight(model, bits, **quantize_options)
     config = _with_default_targets(model, config)
-    quantize_options = _keeping_trained_modules(model, config, bits, quantize_options)
+    quantize_options = _keeping_trained_modules(model, config, bits, chosen, quantize_options)
     # PEFT rewrites the targeted weights at init; the build starts again from the originals, so that training and
     # load_adapter compute the residual the same way.
     originals = {path: base_layer(module).weight.detach().clone() for path, module in targeted_modules(model, config)}
@@ -78,7 +78,7 @@ def _check_config(config: Any) -> None:
     from peft import LoraConfig
 
     init = getattr(config, "init_lora_weights", None)
-    if not isinstance(config, LoraConfig) or type(config).__name__ != "LoraConfig":
+    if type(config) is not LoraConfig:  # AdaLoraConfig is a subclass: not this path
         raise QuantizationError(
             f"get_quantized_peft_model() takes a peft.LoraConfig with init_lora_weights in {RESIDUAL_INITS}; got "
             f"{type(config).__name__}. For other methods: peft_vision_ext.quantize(model), then get_peft_model.")
@@ -92,9 +92,9 @@ def _check_config(config: Any) -> None:
                                 f"{init!r}.{hint}")
     if getattr(config, "use_dora", False):
         raise QuantizationError(
-            f"get_quantized_peft_model(): use_dora=True with init_lora_weights={init!r} is not supported (DoRA's "
-            "magnitude is not part of PEFT's conversion to a plain LoRA, so the adapter could not be saved and "
-            "rebuilt exactly). Use DoRA with the default init on a quantized base (quantize, then get_peft_model), "
+            f"get_quantized_peft_model(): use_dora=True with init_lora_weights={init!r} is not supported: DoRA's "
+            "magnitudes on a quantized residual are not verified (training, saving and the exact rebuild are tested "
+            "without DoRA only). Use DoRA with the default init on a quantized base (quantize, then get_peft_model), "
             "or this init without DoRA.")
 
 
@@ -108,22 +108,22 @@ def _check_model(model: nn.Module) -> None:
             f"PEFT adapters ({adapted or 'peft_config'}). Pass the model before get_peft_model (or unload() it).")
 
 
-def _keeping_trained_modules(model: nn.Module, config: Any, bits: int, options: dict[str, Any]) -> dict[str, Any]:
+def _keeping_trained_modules(model: nn.Module, config: Any, bits: int, chosen: QuantizationPlan,
+                             options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with the Linear layers ``config`` trains in full (``modules_to_save``) kept in full precision.
 
-    quantize() keeps the heads it recognises; a head it does not (a timm model inside the user's own wrapper module
-    is a generic transformer, its head a plain Linear) would be quantized, and PEFT's copy of it for training then
-    fails ("only Tensors of floating point dtype can require gradients").
+    ``chosen``: quantize's plan for ``options``. quantize() keeps the heads it recognises; a layer it does not (the
+    user's own output layer under a name no registry knows) would be quantized, and PEFT's copy of it for training
+    then fails ("only Tensors of floating point dtype can require gradients").
     """
-    from .quantize import plan
-
     trained = list(getattr(config, "modules_to_save", None) or [])
-    chosen = plan(model, bits, options.get("skip"))
     covered = [name for name in chosen.layers
                if any(name == entry or name.endswith("." + entry) or name.startswith(entry + ".") for entry in trained)]
     if not covered:
         return options
-    return {**options, "skip": sorted(set(chosen.kept) | set(covered) | set(options.get("skip") or []))}
+    kept = {**options, "skip": sorted(set(chosen.kept) | set(covered) | set(options.get("skip") or []))}
+    preflight(model, bits, **kept)  # still something to quantize: refused here, before the model is touched
+    return kept
 
 
 def _with_default_targets(model: nn.Module, config: Any) -> Any:
