@@ -46,8 +46,10 @@ test-old: $(OLD_STAMP)
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]: one-way layers, no cycles)
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 ci: lint test test-old
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_vision_ext.adalora.step import adalora_step
 from peft_vision_ext.train import evaluate as accuracy  # noqa: F401 - the scripts import it from here
 from peft_vision_ext.train import freeze_norm_statistics
 
@@ -63,8 +64,6 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr
     """AdamW on the trainable parameters; BatchNorm statistics frozen; AdaLoRA: its orthogonal regulariser (the
     config's weight; ``regularize=False``: none, as plain PEFT on these models) before and the rank allocation after
     each step, as AdaLoraCallback does under Trainer."""
-    from peft_vision_ext.adalora.regularization import add_orthogonal_regularization_grad
-
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     steps = (len(x) + batch - 1) // batch
@@ -77,11 +76,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr
         for i in range(steps):
             index = order[i * batch:(i + 1) * batch]
             nn.functional.cross_entropy(model(x[index]), y[index]).backward()
-            if adalora is not None and regularize:
-                add_orthogonal_regularization_grad(adalora)
-            optimizer.step()
-            if adalora is not None:
-                adalora.update_and_allocate(step)
+            with adalora_step(adalora, step, regularize):
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
     return {"seconds_per_epoch": (time.perf_counter() - started) / epochs, "steps": step}

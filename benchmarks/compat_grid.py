@@ -7,7 +7,7 @@ benchmarks/results/compat_grid_peft<version>.json.
 
     python benchmarks/compat_grid.py            # on the installed PEFT
     python benchmarks/compat_grid.py --write    # ... and store the measured cells as this PEFT's lane of
-                                                # peft_vision_ext/compat/grid.json (run once per CI lane)
+                                                # peft_vision_ext/matrix/grid.json (run once per CI lane)
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def outcome(run: object) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", action="store_true", help="store the measured cells in compat/grid.json")
+    parser.add_argument("--write", action="store_true", help="store the measured cells in matrix/grid.json")
     args = parser.parse_args()
     measured = set(grid.cells())
     rows, stored = [], {}

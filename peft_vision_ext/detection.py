@@ -23,7 +23,11 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS
 
+from .adalora.regularization import find_adalora_tuner
+from .adalora.step import adalora_step, start_run
+from .card_facts import library_of
 from .data import IMAGENET_MEAN, IMAGENET_STD, mobilenet_v2_imagenet_state_dict
+from .layers.batchnorm import freeze_norm_statistics
 
 Targets = Sequence[dict[str, torch.Tensor]]
 DETECTION_HINT = "pip install 'peft-vision-ext[detection]' (torchmetrics and pycocotools)"
@@ -34,7 +38,6 @@ class MobileNetV2FCOS(FCOS):
     """torchvision FCOS on the ImageNet MobileNetV2 (built by :func:`fcos_mobilenet_v2`; ``recipe`` says how).
 
     Its own class so that its family (``pve-fcos-mobilenet-v2``: new FPN and head) is not torchvision FCOS's."""
-
     recipe: dict[str, Any]
 
 
@@ -101,8 +104,6 @@ def detection_tensors(images: Any, targets: Sequence[dict[str, Any]]) -> tuple[t
 
 # ------------------------------------------------------------------------------------------- both detector APIs
 def _is_transformers(model: nn.Module) -> bool:
-    from .hub.metadata import library_of
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return library_of(base) == "transformers"
 
@@ -193,16 +194,10 @@ def train_detector(model: nn.Module, images: torch.Tensor, targets: Targets, *, 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from .adalora.regularization import add_orthogonal_regularization_grad, find_adalora_tuner
-    from .adalora.schedule import apply_schedule
-    from .peft_hooks import set_adalora_total_step
-    from .train import freeze_norm_statistics
 
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     tuner = find_adalora_tuner(model)
-    if tuner is not None:
-        apply_schedule(tuner.peft_config[tuner.trainable_adapter_name], steps)
-        set_adalora_total_step(tuner, steps)
+    start_run(tuner, steps)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
@@ -225,13 +220,10 @@ def train_detector(model: nn.Module, images: torch.Tensor, targets: Targets, *, 
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train_detector: the loss is {loss.item()} at step {step}; lower the lr.")
         accelerator.backward(loss)
-        if tuner is not None:
-            add_orthogonal_regularization_grad(tuner)
-        accelerator.clip_grad_norm_(parameters, max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        if tuner is not None:
-            tuner.update_and_allocate(step)
+        with adalora_step(tuner, step):
+            accelerator.clip_grad_norm_(parameters, max_grad_norm)
+            optimizer.step()
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()
         bar.set_postfix(loss=f"{loss_value:.3f}")

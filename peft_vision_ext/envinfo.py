@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import platform
 
-from .versions import REPORTED_DISTRIBUTIONS, installed_version
+from .layers.cpu_packing import cpu_takes_packed_path
+from .peft_hooks import HOOKS, active_hooks
+from .versions import REPORTED_DISTRIBUTIONS, __version__, installed_version
 
 
 def bitsandbytes_quantize_check(device: str | None = None) -> tuple[bool, str]:
@@ -26,8 +28,6 @@ def bitsandbytes_quantize_check(device: str | None = None) -> tuple[bool, str]:
 
 def cpu_path() -> str:
     """Which 4-bit code path bitsandbytes takes on this CPU, and what the plugin does about it."""
-    from .quantization.cpu_packing import cpu_takes_packed_path
-
     if cpu_takes_packed_path():
         return ("AVX512-BF16: bitsandbytes would repack 4-bit weights in place at the first eval forward (bf16 "
                 "statistics, breaks training and merging); peft-vision-ext keeps them unpacked, "
@@ -36,15 +36,13 @@ def cpu_path() -> str:
 
 
 def report() -> str:
-    from . import __version__, peft_hooks
-
     lines = [f"peft-vision-ext {__version__}", f"python {platform.python_version()} ({platform.machine()})"]
     for module, distribution in REPORTED_DISTRIBUTIONS.items():
         version = installed_version(module)
         lines.append(f"{distribution:<16} {version if version is not None else 'not installed'}")
-    hooks = {hook.name: hook for hook in peft_hooks.HOOKS}
+    hooks = {hook.name: hook for hook in HOOKS}
     lines.append("add-ons active for this peft:")
-    for name in peft_hooks.active_hooks():
+    for name in active_hooks():
         lines.append(f"  - {name}: {hooks[name].why}")
     ok, detail = bitsandbytes_quantize_check()
     lines.append(f"bitsandbytes can quantize: {'yes' if ok else 'no'} ({detail})")

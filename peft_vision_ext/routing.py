@@ -31,6 +31,9 @@ from torch.overrides import TorchFunctionMode
 
 #: Methods whose wrappers compute through their base layer and add a delta (verified per method in the tests).
 ROUTABLE_METHODS = frozenset({"lora", "loha", "lokr", "adalora", "vera", "fourierft", "oft"})
+#: Where enforce_injection leaves the targets to route for one injection (outside adapter_config.json); the
+#: direct-weight-routing hook routes them once PEFT has wrapped them.
+ROUTED_ATTRIBUTE = "_peft_vision_ext_routed"
 _ROUTES = "_peft_vision_ext_routes"  # parent attribute: child names routed, and the hook handles
 
 

@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .adalora.regularization import find_adalora_tuner
+from .adalora.schedule import derive_schedule
+from .adalora.step import adalora_step
+from .card_facts import describe
 from .data import mnist_split, mobilenet_v2_imagenet, to_imagenet_tensor
+from .hub import load_adapter
+from .layers.batchnorm import freeze_norm_statistics
+from .presets import preset_config
 
 
 @dataclass
@@ -50,19 +57,6 @@ class PixelDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
 
 
-def freeze_norm_statistics(model: nn.Module, frozen_only: bool = False) -> None:
-    """Keep BatchNorm running statistics fixed: they are base-model state that an adapter does not save.
-
-    ``frozen_only``: only BatchNorms whose affine parameters are frozen; those trained in full (inside
-    ``modules_to_save``, whose statistics are saved with the adapter) keep updating. Call it after every
-    ``model.train()`` (Trainer calls that before each step: do it in ``compute_loss``).
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            if not frozen_only or not any(p.requires_grad for p in module.parameters(recurse=False)):
-                module.eval()
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 250) -> float:
     model.eval()
@@ -79,9 +73,6 @@ def method_config(model: nn.Module, method: str, preset: str | None = None, rank
     of a rank-``rank`` LoRA (``target_r = rank``, ``init_r = 1.5 rank``), the vision defaults of
     :mod:`peft_vision_ext.adalora.defaults`, and the schedule derived from ``total_steps``
     (:func:`peft_vision_ext.adalora.derive_schedule`, the one AdaLoraCallback uses)."""
-    from .adalora.schedule import derive_schedule
-    from .presets import preset_config
-
     if method == "adalora":
         if not total_steps:
             raise ValueError("AdaLoRA needs total_steps (its rank schedule spans the whole run).")
@@ -99,8 +90,6 @@ def run(settings: TrainSettings) -> dict[str, object]:
     import peft
     from tqdm.auto import tqdm
 
-    from .adalora.regularization import add_orthogonal_regularization_grad
-    from .hub import describe, load_adapter
 
     torch.manual_seed(settings.seed)
     x_train, y_train, x_test, y_test = mnist_split(settings.train_size, settings.test_size, settings.seed)
@@ -120,6 +109,7 @@ def run(settings: TrainSettings) -> dict[str, object]:
     print(f"accuracy before fine-tuning (new head): {accuracy_before:.3f}")
 
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.lr)
+    adalora = find_adalora_tuner(peft_model)
     generator = torch.Generator().manual_seed(settings.seed)
     started = time.perf_counter()
     step = 0
@@ -132,11 +122,8 @@ def run(settings: TrainSettings) -> dict[str, object]:
             index = order[i * settings.batch_size : (i + 1) * settings.batch_size]
             loss = nn.functional.cross_entropy(peft_model(x_train_t[index]), y_train_t[index])
             loss.backward()
-            if settings.method == "adalora":  # AdaLoRA's orthogonal regulariser, as AdaLoraCallback adds it
-                add_orthogonal_regularization_grad(peft_model)
-            optimizer.step()
-            if settings.method == "adalora":
-                peft_model.base_model.update_and_allocate(step)
+            with adalora_step(adalora, step):  # AdaLoRA: as AdaLoraCallback does under Trainer (no-op otherwise)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")

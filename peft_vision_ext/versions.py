@@ -1,4 +1,4 @@
-"""Versions of the libraries we build on, parsed once, and the gates that depend on them."""
+"""This package's version, the versions of the libraries we build on (parsed once), and the gates on them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from importlib import metadata
 from packaging.version import Version
 
 #: Distributions reported by ``peft-vision env`` (import name -> distribution name).
+#: peft-vision-ext's own version (keep it equal to pyproject.toml's).
+__version__ = "0.1.0"
+
 REPORTED_DISTRIBUTIONS: dict[str, str] = {
     "torch": "torch",
     "torchvision": "torchvision",

@@ -151,7 +151,7 @@ def test_hand_quantized_model_gets_bitsandbytes_layers() -> None:
 
 def test_unknown_method_passes_through_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """A method the data does not know (as a newer PEFT's would be): here HRA with its rows taken out."""
-    from peft_vision_ext.compat import matrix
+    from peft_vision_ext.matrix import verdicts as matrix
 
     monkeypatch.setattr(matrix, "MATRIX", tuple(e for e in matrix.MATRIX if e.method != "hra"))
     config = lambda: peft.HRAConfig(r=4, target_modules=["layer"])  # noqa: E731

@@ -128,7 +128,8 @@ def test_matrix_verify_measures_methods_the_data_lacks_into_the_cache(monkeypatc
     """A method the shipped data does not know (as a newer PEFT's would be; here HRA with its rows taken out) is
     measured by `peft-vision matrix --verify` and written to the user's cache; it stays unverified."""
     from peft_vision_ext.cli import main
-    from peft_vision_ext.compat import matrix, rows
+    from peft_vision_ext.matrix import rows
+    from peft_vision_ext.matrix import verdicts as matrix
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(matrix, "MATRIX", tuple(e for e in matrix.MATRIX if e.method != "hra"))
@@ -146,7 +147,7 @@ def test_matrix_verify_measures_methods_the_data_lacks_into_the_cache(monkeypatc
 
 
 def test_local_results_count_only_when_opted_in_and_never_override_shipped_data(monkeypatch, tmp_path) -> None:
-    from peft_vision_ext.compat import matrix
+    from peft_vision_ext.matrix import verdicts as matrix
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = grid.local_path(peft.__version__)
@@ -169,6 +170,8 @@ def test_local_results_count_only_when_opted_in_and_never_override_shipped_data(
 
 
 def test_writing_a_lane_never_stores_opted_in_local_results(monkeypatch, tmp_path) -> None:
+    from peft_vision_ext.matrix import grid  # the data half (DATA, load, write) moved there
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = grid.local_path(peft.__version__)
     path.parent.mkdir(parents=True)

@@ -18,8 +18,8 @@ from peft_vision_ext import (
     register_family,
     resolve_targets,
 )
+from peft_vision_ext.families.registry import _FAMILIES
 from peft_vision_ext.presets import PRESETS, SUPPORTED_METHODS, families, resolve_default
-from peft_vision_ext.presets.families import _FAMILIES
 
 CASES = all_models()
 

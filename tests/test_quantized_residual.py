@@ -202,7 +202,7 @@ def test_bad_input_is_refused_untouched(case: str) -> None:
 
 
 def test_matrix_offers_this_path_for_every_residual_init() -> None:
-    from peft_vision_ext.compat.matrix import _RESIDUAL_ROWS
+    from peft_vision_ext.matrix.verdicts import _RESIDUAL_ROWS
     from peft_vision_ext.quantization.residual import RESIDUAL_INITS
 
     assert _RESIDUAL_ROWS == tuple(f"lora-{init}" for init in RESIDUAL_INITS)

@@ -1,10 +1,13 @@
 """AdaLoRA for vision: conv layers (every supported PEFT version), the Trainer callback that allocates ranks, a
-schedule derived from the run, orthonormal initialisation, comparable budgets and the orthogonal regulariser."""
+schedule derived from the run, orthonormal initialisation, comparable budgets, the orthogonal regulariser, the
+rank allocator's state and the one per-step helper every training loop calls (:func:`step.adalora_step`).
+
+Layer: features. It may import distributed, card_facts, families, layers and the base modules; presets and
+everything above read it (the PEFT hooks for AdaLoRA live in :mod:`peft_vision_ext.peft_hooks`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from .callback import AdaLoraCallback
 from .defaults import VISION_DEFAULTS, VisionAdaLoraDefaults, vision_adalora_kwargs
 from .init import INITS, use_adalora_init
 from .layer import AdaLoraConv2d
@@ -17,10 +20,3 @@ __all__ = ["INITS", "SCHEDULE", "VISION_DEFAULTS", "AdaLoraConv2d", "AdaLoraCall
            "layer_ranks", "orthogonal_regularization", "rank_pattern_table", "use_adalora_init",
            "vision_adalora_kwargs"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "AdaLoraCallback":  # imports transformers' Trainer machinery: only when asked for
-        from .callback import AdaLoraCallback
-
-        return AdaLoraCallback
-    raise AttributeError(name)

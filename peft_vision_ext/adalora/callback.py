@@ -21,11 +21,12 @@ import torch
 from transformers import TrainerCallback
 
 from ..distributed.save import find_peft_model, save_adapter
-from ..peft_hooks import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
+from .allocator import load_rank_allocator_state, rank_allocator_state
 from .ranks import rank_pattern_table
-from .regularization import add_orthogonal_regularization_grad, find_adalora_tuner
-from .schedule import ScheduleMode, apply_schedule, schedule_of
+from .regularization import find_adalora_tuner
+from .schedule import ScheduleMode, schedule_of
 from .sharded import has_sharded_adapter
+from .step import after_optimizer_step, before_optimizer_step, start_run
 
 logger = logging.getLogger("peft_vision_ext")
 
@@ -110,8 +111,7 @@ class AdaLoraCallback(TrainerCallback):
                     f"{steps} so that rank allocation ends with training.",
                     stacklevel=2,
                 )
-            self.schedule = apply_schedule(config, steps, self.schedule_mode)
-            set_adalora_total_step(tuner, steps)
+            self.schedule = start_run(tuner, steps, self.schedule_mode)
         checkpoint = self.resume_from_checkpoint
         if checkpoint is None and state.global_step > 0:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -131,10 +131,7 @@ class AdaLoraCallback(TrainerCallback):
             logger.info("AdaLoRA schedule: %s", ", ".join(f"{k}={v}" for k, v in self.schedule.items()))
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if self.orthogonal_regularization:
-            tuner = find_adalora_tuner(model)
-            if tuner is not None:
-                add_orthogonal_regularization_grad(tuner)
+        before_optimizer_step(find_adalora_tuner(model), self.orthogonal_regularization)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         tuner = find_adalora_tuner(model)
@@ -143,8 +140,7 @@ class AdaLoraCallback(TrainerCallback):
         step = state.global_step  # optimizer steps completed before this one: 0, 1, ...
         if step == 0:
             check_ranks_in_sync(tuner, args)
-        tuner.update_and_allocate(step)
-        self.budget = adalora_budget(tuner, step)
+        self.budget = after_optimizer_step(tuner, step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs is None or self.budget is None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .schedule import check_budget
+
 PEFT_ORTH_REG_WEIGHT = 0.5
 
 
@@ -61,7 +63,6 @@ def vision_adalora_kwargs(kwargs: dict[str, Any], kind: str | None = None,
         kwargs["target_r"] = max(1, math.floor(kwargs["init_r"] / defaults.init_over_target))
     kwargs.setdefault("target_r", 8)
     kwargs.setdefault("init_r", max(kwargs["target_r"], math.ceil(defaults.init_over_target * kwargs["target_r"])))
-    from .schedule import check_budget
 
     check_budget(kwargs["init_r"], kwargs["target_r"])
     kwargs.setdefault("lora_alpha", round(defaults.alpha_per_rank * kwargs["init_r"]))

@@ -23,6 +23,9 @@ from typing import Any, Literal
 
 import torch
 
+from ..card_facts import PRESET_ATTRIBUTE
+from ..families import detect_family
+
 AdaLoraInit = Literal["peft", "orthonormal"]
 INITS: tuple[str, ...] = ("peft", "orthonormal")
 VISION_DEFAULT: AdaLoraInit = "orthonormal"
@@ -44,8 +47,6 @@ def requested_init(config: Any, model: Any) -> str:
     scheme = config.__dict__.get(REQUEST_ATTRIBUTE)
     if scheme is not None:
         return scheme
-    from ..hub.describe import PRESET_ATTRIBUTE
-    from ..presets import detect_family
 
     if config.__dict__.get(PRESET_ATTRIBUTE):
         return VISION_DEFAULT

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..distributed.shards import is_dtensor
+from ..layers.shards import is_dtensor
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..distributed.shards import is_dtensor
+from ..layers.shards import is_dtensor
 
 
 def orthogonal_regularization(model: nn.Module) -> torch.Tensor | None:

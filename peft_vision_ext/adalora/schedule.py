@@ -18,6 +18,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .allocator import SCHEDULE_FIELDS
+
 logger = logging.getLogger("peft_vision_ext")
 
 ScheduleMode = Literal["derive", "peft"]
@@ -28,7 +30,6 @@ PEFT_DEFAULTS: dict[str, int] = {"tinit": 0, "tfinal": 0, "deltaT": 1}
 @dataclass(frozen=True)
 class ScheduleFractions:
     """The schedule as fractions of training (optimizer steps)."""
-
     warmup: float = 0.1  # tinit: importance scores settle before anything is pruned
     final: float = 0.3  # tfinal: the final rank pattern trains on its own
     interval: float = 0.01  # deltaT: allocate every 1 % of the steps (at least every step)
@@ -64,8 +65,6 @@ def check_budget(init_r: int, target_r: int) -> None:
 
 
 def schedule_of(config: Any) -> dict[str, Any]:
-    from ..peft_hooks.adalora_allocator import SCHEDULE_FIELDS
-
     return {key: getattr(config, key) for key in SCHEDULE_FIELDS}
 
 

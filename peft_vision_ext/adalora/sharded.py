@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed.shards import RowShard, is_dtensor, is_fsdp1, local_tensor, row_shard
+from ..layers.shards import RowShard, is_dtensor, is_fsdp1, local_tensor, row_shard
 
 _ROWS = {"lora_E": 0, "lora_A": 1, "lora_B": 2}  # rows of the score buffer
 

@@ -19,13 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..card_facts import PRESET_ATTRIBUTE
 from ..errors import UnsupportedCombinationError, name_list
+from ..families import detect_family
+from ..fused.slices import fused_plans, prepare
+from ..layers.kinds import LayerKind, layer_kind
+from ..layers.kinds import base_layer as _base_layer
+from ..layers.probe import Observation, observe
+from ..matrix.rows import method_name
+from ..matrix.verdicts import ADVICE, KINDS, METHOD_NAMES, Entry, Operation, Status, Verdict, config_rows, entry, title
+from ..module_refs import list_held_modules
+from ..presets import complete_config, dropped
 from ..routing import ROUTABLE_METHODS, routable
 from ..targets import targeted_modules
 from ..versions import peft_version
-from .kinds import LayerKind, layer_kind
-from .kinds import base_layer as _base_layer
-from .matrix import ADVICE, KINDS, METHOD_NAMES, Entry, Operation, Status, Verdict, config_rows, entry, title
 
 _UNVERIFIED = Verdict(Status.UNVERIFIED, "not covered by the compatibility matrix: passed through to PEFT unverified")
 _state = threading.local()
@@ -46,15 +53,9 @@ def enforcing() -> bool:
     return getattr(_state, "bypass", 0) == 0
 
 
-def method_name(config: Any) -> str:
-    peft_type = getattr(config, "peft_type", None)
-    return str(getattr(peft_type, "value", peft_type) or "").lower()
-
-
 @dataclass(frozen=True)
 class ModuleCheck:
     """One targeted module: its layer kind and the verdicts for training (and save/load) and merging."""
-
     path: str
     kind: LayerKind
     train: Verdict
@@ -187,8 +188,6 @@ def _rank_for(config: Any, path: str) -> int:
 
 
 def _family_kind(model: nn.Module) -> str | None:
-    from ..presets import detect_family
-
     try:
         detection = detect_family(model)
     except Exception:  # noqa: BLE001 - advice is best effort; the checks below do not depend on it
@@ -258,8 +257,6 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
     """The report without parameter counts (what the enforcement hook needs): one forward with read-only hooks
     (:func:`~peft_vision_ext.compat.probe.observe`) tells which targets the model calls, which it reads through
     ``F.linear`` (``routed``) and which Linear layers see 4-D input."""
-    from .probe import Observation, observe
-
     method = method_name(config)
     version = peft_version()
     targets = [(path, _base_layer(module)) for path, module in targeted_modules(model, config)]
@@ -269,7 +266,6 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
         notes.append(f"could not run {type(model).__name__} on an example input: whether its forward calls every "
                      "targeted module (and which Linear layers get 4-D input) was not checked")
     never_called = set(observation.never_called([path for path, _ in targets]))
-    from ..module_refs import list_held_modules  # local: a model walk only when there are targets
 
     held = list_held_modules(model) if targets else {}
     if observation.training_only:
@@ -389,15 +385,8 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     """
     config = copy.deepcopy(config)
     method = method_name(config)
-    from ..fused.slices import fused_plans, prepare
-    from ..hub.describe import PRESET_ATTRIBUTE
-    from ..presets import SUPPORTED_METHODS, detect_family, dropped, fill_config, resolve_default
-
-    preset = config.__dict__.get(PRESET_ATTRIBUTE)  # set by preset_config()
-    if getattr(config, "target_modules", None) is None and method in SUPPORTED_METHODS:
-        resolution = resolve_default(model, method)
-        preset = resolution.preset
-        fill_config(config, resolution, method)
+    complete_config(model, config, strict=True)  # as the injection pipeline would, on the copy
+    preset = config.__dict__.get(PRESET_ATTRIBUTE)  # set by preset_config() or just now
     report = inspect_targets(model, config)
     prepare(model, config)  # on the copy: plans the fused layers LoRA adapts by slices
     plans = fused_plans(config)

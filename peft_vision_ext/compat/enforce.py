@@ -10,12 +10,13 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import name_list
-from ..peft_hooks.weight_routing import ROUTED_ATTRIBUTE
-from ..quantization.cpu_packing import keep_unpacked
+from ..errors import UnsupportedCombinationError, name_list
+from ..layers.cpu_packing import keep_unpacked
+from ..layers.kinds import CONTAINERS, LayerKind, base_layer, layer_kind
+from ..matrix.verdicts import Operation
+from ..routing import ROUTED_ATTRIBUTE
+from ..versions import peft_version
 from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name, row_verdicts
-from .kinds import CONTAINERS, LayerKind, base_layer, layer_kind
-from .matrix import Operation
 
 logger = logging.getLogger("peft_vision_ext")
 _warned: set[str] = set()
@@ -80,8 +81,6 @@ def _refuse_quantized_heads(model: nn.Module, config: Any) -> None:
     which a packed integer weight cannot be; PEFT raised "only Tensors of floating point dtype can require
     gradients" after it had already replaced some targets. A head quantize() did not recognise is the usual cause (a
     timm model inside the user's own wrapper module)."""
-    from ..errors import UnsupportedCombinationError
-
     found: dict[str, list[str]] = {}
     for key in getattr(config, "modules_to_save", None) or []:
         for name, module in model.named_modules():
@@ -153,7 +152,6 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
     """Before PEFT merges anything: refuse when a merged adapter sits on a layer kind its method cannot merge into."""
     if not enforcing():
         return
-    from ..versions import peft_version
 
     keep_unpacked(tuner.model)  # merging reads 4-bit weights in bitsandbytes' standard layout
     names = adapter_names or list(getattr(tuner, "active_adapters", None) or [])

@@ -11,8 +11,11 @@ from typing import Any, Literal
 
 from torch import nn
 
+from ..adalora.defaults import vision_adalora_kwargs
 from ..errors import NotAVisionModelError
-from .kinds import LayerKind, layer_kind
+from ..families import detect_family
+from ..layers.kinds import LayerKind, layer_kind
+from ..presets import preset_config
 
 Memory = Literal["low", "normal", "high"]
 _SEGMENTATION_HEADS = ("decode_head", "auxiliary_head", "segmentation_head", "seg_head")
@@ -50,8 +53,6 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
     bitsandbytes layers). ``memory``: "low" (tight), "normal" (default) or "high". ``total_steps`` becomes
     AdaLoRA's ``total_step`` (AdaLoraCallback corrects it to the Trainer's real step count).
     """
-    from ..presets import detect_family, preset_config
-
     detection = detect_family(model)
     if detection is None:
         raise NotAVisionModelError(f"recommend found no Linear or Conv2d layer in {type(model).__name__}.")
@@ -88,8 +89,6 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
                                     "(MobileNetV2 task: +0.60 +- 0.90 points vs LoRA at the same final budget)")
     else:
         if memory == "high":
-            from ..adalora.defaults import vision_adalora_kwargs
-
             method, rate = "adalora", 3e-3
             kwargs = vision_adalora_kwargs({"r": 8, "total_step": total_steps}, kind)
             reasons.append("ViT with memory to spare: AdaLoRA moves the rank budget to the layers that need it, "

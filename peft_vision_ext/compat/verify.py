@@ -10,13 +10,15 @@ bitsandbytes layers: within the error of re-quantizing the merged weight). The t
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .kinds import LayerKind
+from ..fused import use_fused_slices
+from ..layers.kinds import LayerKind
+from ..matrix.rows import CURATED_BY_NAME, row_for
+from ..quantization.bnb_layers import quantized_linear
 
 FEATURES = 64  # multiple of bitsandbytes' 4-bit block size and of the orthogonal methods' block sizes
 CHANNELS = 8
@@ -63,8 +65,6 @@ class _Cell(nn.Module):
 
 
 def _quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: LayerKind) -> nn.Module:
-    from ..quantization.bnb_layers import quantized_linear
-
     return quantized_linear(weight, bias, 4 if kind is LayerKind.BNB_4BIT else 8, int8_threshold=0.0)
 
 
@@ -146,8 +146,6 @@ def _adapt(method: str, model: nn.Module, x: torch.Tensor) -> nn.Module:
     for EVA and CorDA: a few batches of the cell's own input)."""
     from peft import get_peft_model
 
-    from .rows import row_for
-
     row = row_for(method)
     init = row.init if row is not None else ""
     config = cell_config(method, kind=model.kind)
@@ -171,9 +169,6 @@ def cell_config(method: str, target: str = "layer", kind: LayerKind | None = Non
     """A small, valid config of ``method`` targeting ``target`` (identity-initialised where PEFT offers it)."""
     import peft
 
-    from ..fused import use_fused_slices
-    from .rows import row_for
-
     row = row_for(method)
     if row is not None:
         options = {**row.options, **_init_options(row.init)}
@@ -182,26 +177,16 @@ def cell_config(method: str, target: str = "layer", kind: LayerKind | None = Non
         if row.peft_type == "ia3":
             options["feedforward_modules"] = [target]
         return getattr(peft, row.config)(target_modules=[target], **options)
-    factories: dict[str, Callable[[], object]] = {
-        "lora": lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target]),
-        "lora-slices": lambda: use_fused_slices(peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target, "qkv"])),
-        "loha": lambda: peft.LoHaConfig(r=4, alpha=8, target_modules=[target]),
-        "lokr": lambda: peft.LoKrConfig(r=4, alpha=8, target_modules=[target]),
-        "adalora": lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=[target]),
-        # feedforward (input) scaling: the harder of IA3's two modes (its grouped-conv merge broke before 0.21)
-        "ia3": lambda: peft.IA3Config(target_modules=[target], feedforward_modules=[target]),
-        "oft": lambda: peft.OFTConfig(r=0, oft_block_size=4, target_modules=[target]),
-        "boft": lambda: peft.BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=1, target_modules=[target]),
-        "vera": lambda: peft.VeraConfig(r=4, target_modules=[target]),
-        "fourierft": lambda: peft.FourierFTConfig(n_frequency=16, init_weights=True, target_modules=[target]),
-    }
-    return factories[method]()
+    row = CURATED_BY_NAME[method]
+    options = dict(row.options, feedforward_modules=[target]) if method == "ia3" else row.options
+    if method == "lora-slices":
+        return use_fused_slices(getattr(peft, row.config)(target_modules=[target, "qkv"], **options))
+    return getattr(peft, row.config)(target_modules=[target], **options)
 
 
 @dataclass
 class CellRun:
     """What happened to one (method, kind) cell. ``failed_stage`` is None when every stage passed."""
-
     method: str
     kind: LayerKind
     failed_stage: str | None = None  # "inject" | "identity" | "train" | "save-load" | "merge" | "needs-gpu"
@@ -287,8 +272,6 @@ def run_cell(method: str, kind: LayerKind, identity_init: bool | None = None) ->
     """Take one (method, layer kind) cell through inject, train, save/load and merge; report what broke.
     ``identity_init``: require the adapter to leave the output unchanged at initialisation (default: unless the
     method is not an identity at init by design)."""
-    from .rows import row_for
-
     row = row_for(method)
     if identity_init is None:
         identity_init = row is None or row.identity_init

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .shards import has_dtensor_parameters, is_dtensor
+from ..layers.shards import has_dtensor_parameters, is_dtensor
 
 
 def quantized_parameters(model: nn.Module) -> set[nn.Parameter]:

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .shards import has_dtensor_parameters, is_dtensor, is_fsdp1
+from ..card_facts import PRECOMPUTED_BASE, base_state_of_peft_model, heads_of, is_vision_model
+from ..fingerprints import fingerprint
+from ..layers.shards import has_dtensor_parameters, is_dtensor, is_fsdp1
 
 
 def find_peft_model(model: Any) -> Any:
@@ -63,9 +65,6 @@ def gather_adapter_state_dict(model: nn.Module, adapters: list[str] | None = Non
 
 def _precompute_base(peft_model: Any, main: bool) -> dict[str, Any] | None:
     """What the vision model card reads from the base (shapes and fingerprint), computed by every process."""
-    from ..fingerprints import fingerprint
-    from ..hub.metadata import base_state_of_peft_model, heads_of
-
     heads = list(heads_of(peft_model))
     shapes: dict[str, torch.Tensor] = {}
     prints: dict[str, str] = {}
@@ -82,8 +81,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], **save_kwa
     """``save_pretrained`` for a PeftModel sharded with FSDP2 (or not sharded at all): every process calls it,
     process 0 writes ``directory``; ``save_kwargs`` go to ``save_pretrained`` (``selected_adapters``, ...)."""
     import torch.distributed as dist
-
-    from ..hub.metadata import PRECOMPUTED_BASE, is_vision_model
 
     if is_fsdp1(model):
         _save_fsdp1(model, directory, **save_kwargs)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..compat.kinds import base_layer, is_linear
 from ..errors import FusedSlicesError
+from ..families.roles import Role, _features, linear_role
+from ..layers.kinds import base_layer, is_linear
 
 #: Slices along the output rows, by role of the fused layer.
 PARTS = {"qkv": ("q", "k", "v"), "kv": ("k", "v"), "mha": ("q", "k", "v")}
@@ -34,8 +35,6 @@ class FusedLayout:
 def fused_layout(model: nn.Module, name: str) -> FusedLayout | None:
     """The slices of the fused projection at ``name``; ``None`` when it is not one. Raises
     :class:`FusedSlicesError` for a fused layer whose slices cannot be told from the model's structure."""
-    from ..presets.roles import Role, _features, linear_role
-
     module = base_layer(model.get_submodule(name))
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import FusedSlicesError, name_list
+from ..targets import targeted_modules
 from .factors import BlockFactor
 from .layout import FusedLayout, fused_layout
 
@@ -40,7 +41,6 @@ DEFAULT_SLICES = ("q", "v")  # the LoRA paper's W_q and W_v
 @dataclass(frozen=True)
 class ModulePlan:
     """How one fused layer is adapted: ``rank`` and ``alpha`` per slice; PEFT sees their stacked values."""
-
     parts: tuple[str, ...]
     slices: tuple[str, ...]  # the adapted parts, in row order
     width: int
@@ -145,8 +145,6 @@ def _unsupported_options(config: Any) -> list[str]:
 
 def prepare(model: nn.Module, config: Any) -> None:
     """Plan every targeted fused layer and give it its stacked rank/alpha in the config's patterns (idempotent)."""
-    from ..targets import targeted_modules
-
     request = request_of(config)
     if request is None or not request.slices or _method(config) != "lora":
         return

@@ -13,36 +13,35 @@ import os
 import re
 from typing import Any
 
+from ..card_facts import (
+    PRECOMPUTED_BASE,
+    PRESET_ATTRIBUTE,
+    base_state_of_peft_model,
+    card_info,
+    heads_of,
+    is_vision_model,
+)
+from ..families import detect_family
 from ..fingerprints import fingerprint, original_weights_fingerprint
 from ..fused.slices import fused_plans
+from ..matrix.verdicts import title as method_title
 from ..quantization.residual import RESIDUAL_KEY, residual_label
-from .describe import PRESET_ATTRIBUTE, card_info
 from .metadata import (
     CONVERTED_ADAPTER,
     FORMAT_VERSION,
     METADATA_FILE,
-    PRECOMPUTED_BASE,
     base_spec,
-    base_state_of_peft_model,
     describe_base,
     head_shapes,
-    heads_of,
     hub_base_model,
-    is_vision_model,
     plugin_version,
     quantization_of,
 )
 
 START, END = "<!-- peft-vision-ext:start -->", "<!-- peft-vision-ext:end -->"
-_METHOD_TITLES = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "adalora": "AdaLoRA", "ia3": "IA3", "oft": "OFT",
-                  "boft": "BOFT", "vera": "VeRA", "fourierft": "FourierFT"}
-
-
 def infer_task(model: Any) -> str:
     """The Hub task: the family's (object-detection, depth-estimation, ...) for task families, else
     image-classification / image-segmentation / image-feature-extraction from the model's class and head."""
-    from ..presets import detect_family  # local: presets import the compatibility matrix, which imports hub
-
     detection = detect_family(model)
     if detection is not None and detection.task:
         return detection.task
@@ -133,7 +132,7 @@ def write_vision_card(peft_model: Any, output_dir: str) -> None:
 def _section(meta: dict[str, Any]) -> str:
     rows = [("Base model", describe_base(meta["base_model"])), ("Task", meta["task"])]
     for name, adapter in meta["adapters"].items():
-        title = _METHOD_TITLES.get(adapter["method"], adapter["method"])
+        title = method_title(adapter["method"])
         rank = f" (r={adapter['rank']})" if adapter["rank"] else ""
         if adapter.get("converted_from"):
             rank += f", initialised with {adapter['converted_from']}, saved as a plain LoRA of the original base"

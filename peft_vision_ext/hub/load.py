@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..card_facts import describe, record_preset
+from ..detection import RECIPES
 from ..errors import AdapterLoadError, BaseModelMismatchError, name_list
 from ..fingerprints import fingerprint
 from ..fused.slices import SIDECAR
+from ..quantization import quantize
 from ..quantization.residual import RESIDUAL_KEY, load_residual_adapter
-from .describe import describe, record_preset
 from .metadata import METADATA_FILE, describe_base
 
 _NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
@@ -125,8 +127,6 @@ def rebuild_base(metadata: dict[str, Any], where: str = "the adapter") -> nn.Mod
     # A base quantized after a rewriting init (QPiSSA) is rebuilt in full precision: load_adapter quantizes the
     # residual, which needs the adapter's initial factors.
     if quantization and RESIDUAL_KEY not in quantization:
-        from ..quantization import quantize
-
         kwargs = {k: v for k, v in quantization.items() if v is not None}
         kwargs["compute_dtype"] = getattr(torch, kwargs.get("compute_dtype", "float32"))
         quantize(model, **kwargs)
@@ -183,8 +183,6 @@ def _torchvision(spec: dict[str, Any], where: str) -> nn.Module:
 
 
 def _recipe(spec: dict[str, Any], where: str) -> nn.Module:
-    from ..detection import RECIPES  # local: detection imports torchvision's detection models
-
     builder = RECIPES.get(spec.get("builder") or "")
     if builder is None:
         raise AdapterLoadError(f"load_adapter({where!r}): this peft-vision-ext has no recipe {spec.get('builder')!r} "

@@ -9,49 +9,23 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..fingerprints import fingerprint, under
+from ..card_facts import (
+    card_info,
+    library_of,
+)
+from ..families import detect_family
+from ..fingerprints import under
 from ..quantization.quantize import QUANTIZATION_RECORD
-from .describe import card_info
+from ..versions import __version__
 
 METADATA_FILE = "peft_vision_ext.json"
 FORMAT_VERSION = 1
-#: On a sharded PeftModel during save_adapter: {"shapes": name -> meta tensor, "fingerprint": name -> hash} of the
-#: bare base, computed by every process together (peft_vision_ext.distributed.save).
-PRECOMPUTED_BASE = "_peft_vision_ext_precomputed_base"
-_WRAPPER_PARTS = ("modules_to_save", "original_module")
 
-
-def library_of(model: nn.Module) -> str | None:
-    """``timm``, ``transformers``, ``torchvision`` or ``None`` (a model of the user's own)."""
-    module = type(model).__module__
-    if module.startswith("timm.") and hasattr(model, "pretrained_cfg"):
-        return "timm"
-    if module.startswith("transformers.") and hasattr(model, "config"):
-        return "transformers"
-    if module.startswith("torchvision.models"):
-        return "torchvision"
-    if module.startswith("peft_vision_ext.") and isinstance(getattr(model, "recipe", None), dict):
-        return "peft_vision_ext"  # a recipe of ours (peft_vision_ext.detection.RECIPES): rebuilt from its arguments
-    return None
-
-
-def is_vision_model(model: nn.Module) -> bool:
-    """Models whose adapters get a vision card: timm, torchvision, transformers with pixel inputs, or described."""
-    library = library_of(model)
-    if library == "transformers":
-        if getattr(model, "main_input_name", None) == "pixel_values":
-            return True
-        from ..presets import detect_family  # local: presets import the matrix, which imports hub
-
-        detection = detect_family(model)  # text-queried detectors (OWL-ViT: input_ids first), dual encoders
-        return detection is not None and detection.registered
-    return library is not None or card_info(model).task is not None
 
 
 def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
@@ -132,8 +106,6 @@ def torchvision_builder(model: nn.Module, state: dict[str, torch.Tensor] | None 
     import torchvision
 
     if state is None:
-        from ..presets import detect_family
-
         state, heads = model.state_dict(), list(detect_family(model).heads)
     shapes = _shapes(state, heads)
     matches: list[tuple[str, nn.Module]] = []
@@ -221,44 +193,6 @@ CONVERTED_ADAPTER = "__peft_vision_ext_converted_adapter__"
 
 
 
-def base_state_of_peft_model(peft_model: Any, state_dict: dict[str, torch.Tensor] | None = None
-                             ) -> dict[str, torch.Tensor]:
-    """The bare base model's state dict inside a PeftModel: adapter tensors out, ``base_layer`` unwrapped.
-
-    ``state_dict``: the PeftModel's full state dict (keys ``base_model.model.*``, as Trainer gathers it under FSDP) to
-    read instead of the model's own tensors.
-    """
-    adapter_names = set(peft_model.peft_config)
-    if state_dict is None:
-        items = peft_model.get_base_model().state_dict().items()
-    else:
-        prefix = "base_model.model."
-        items = ((name[len(prefix):], tensor) for name, tensor in state_dict.items() if name.startswith(prefix))
-    state = {}
-    for name, tensor in items:
-        parts = name.split(".")
-        if adapter_names.intersection(parts) or any(p in _WRAPPER_PARTS for p in parts):
-            continue
-        state[".".join(p for p in parts if p != "base_layer")] = tensor
-    return state
-
-
-def precomputed_base(peft_model: Any, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The :data:`PRECOMPUTED_BASE` record (shapes, fingerprint) of the base in a full ``state_dict`` of the model."""
-    state = base_state_of_peft_model(peft_model, state_dict)
-    return {"shapes": {name: torch.empty(t.shape, dtype=t.dtype, device="meta") for name, t in state.items()},
-            "fingerprint": fingerprint(state, list(heads_of(peft_model)))}
-
-
-def heads_of(peft_model: Any) -> dict[str, nn.Module]:
-    """The modules PEFT trains in full (``modules_to_save``) by path, as the base model had them before."""
-    # Every path: a head shared by two paths (transformers 4.x Deformable DETR: model.decoder.bbox_embed is
-    # bbox_embed) is excluded from the base fingerprint under both, as the state dict lists it under both.
-    return {name: module.original_module
-            for name, module in peft_model.get_base_model().named_modules(remove_duplicate=False)
-            if type(module).__name__ == "ModulesToSaveWrapper"}
-
-
 def _to_dict(config: Any) -> dict[str, Any] | None:
     if config is None:
         return None
@@ -278,4 +212,4 @@ def _jsonable(value: Any) -> Any:
 
 
 def plugin_version() -> str:
-    return getattr(sys.modules.get("peft_vision_ext"), "__version__", "unknown")
+    return __version__

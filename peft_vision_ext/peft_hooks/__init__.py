@@ -1,9 +1,11 @@
-"""The one place where peft-vision-ext touches PEFT internals.
+"""The PEFT integration, the top layer of the library: the one list of every patch of PEFT (and bitsandbytes).
 
 Every hook below is listed in :data:`HOOKS` with the PEFT versions it applies to and why it exists.
 :func:`install` is idempotent: importing ``peft_vision_ext`` twice, or calling ``install()`` again, changes
-nothing. Other modules never monkeypatch PEFT; they add a hook here.
-New hooks get a module of their own in this package and an entry in :data:`HOOKS`.
+nothing. Other modules never monkeypatch PEFT; they add a hook here. New hooks get a module of their own in this
+package (or, for a patch that serves one feature only, a function next to that feature, as
+:mod:`peft_vision_ext.quantization.bnb_patches`) and an entry in :data:`HOOKS`. Every layer below may be imported
+here; nothing below imports this package (the marks and originals hooks share are in :mod:`peft_vision_ext.patching`).
 
 Hooks never change PEFT's behaviour for models and configs the plugin has nothing to add to: each one hands
 the call straight to PEFT unless it has something to add (a vision default preset, transformers-4 names in an
@@ -14,17 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from packaging.version import Version
 
+from ..adalora.allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
+from ..patching import ORIGINALS
+from ..quantization.bnb_patches import install_buffered_forward, install_cpu_packing, patch_bitsandbytes
 from ..versions import peft_version
-from .adalora_allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
 from .adalora_conv import _install_adalora_conv
 from .adalora_sharded import _install_adalora_sharded_allocation
 from .adalora_trainer import _install_adalora_trainer_warning, warn_if_trainer_skips_allocation
-from .bnb_buffered_forward import _install_bnb_buffered_forward, patch_linear4bit_forward
-from .bnb_cpu_packing import _install_bnb_cpu_packing, patch_linear4bit_init
 from .conv_attributes import _install_conv_attributes
 from .default_targets import _install_default_targets, fill_vision_defaults
 from .fsdp1_state_keys import _install_fsdp1_adapter_keys
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 MIN_PEFT = Version("0.15")  # first release with register_peft_method
-_MARK = "__peft_vision_ext_hook__"
-#: The PEFT callables each hook wrapped (hook name -> original), for tests that compare against upstream.
-ORIGINALS: dict[str, Callable[..., Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ HOOKS: tuple[Hook, ...] = (
         why="bitsandbytes 4-bit layers keep their layout at eval forwards on AVX512-BF16 CPUs (so they can train)",
         min_peft=MIN_PEFT,
         max_peft=None,
-        install=_install_bnb_cpu_packing,
+        install=install_cpu_packing,
     ),
     Hook(
         name="bnb-buffered-4bit-forward",
@@ -163,7 +161,7 @@ HOOKS: tuple[Hook, ...] = (
             "(training-step resident memory under glibc's default malloc)",
         min_peft=MIN_PEFT,
         max_peft=None,
-        install=_install_bnb_buffered_forward,
+        install=install_buffered_forward,
     ),
     Hook(
         name="fused-qkv-slices",
@@ -224,16 +222,6 @@ HOOKS: tuple[Hook, ...] = (
 )
 
 _installed: list[str] = []
-
-
-def patch_bitsandbytes() -> None:
-    """Apply the bitsandbytes hooks now (bitsandbytes is about to build 4-bit layers; idempotent).
-
-    The hooks above patch bitsandbytes at install time only where it is already imported (importing it costs
-    seconds); ``quantize()`` and ``bnb_config()`` call this before they build or configure 4-bit layers.
-    """
-    patch_linear4bit_init()
-    patch_linear4bit_forward()
 
 
 def install() -> list[str]:

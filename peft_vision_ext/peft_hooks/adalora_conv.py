@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..adalora.layer import AdaLoraConv2d
+from ..patching import HOOK_MARK, ORIGINALS
+
 
 def _install_adalora_conv() -> None:
     # Why: PEFT < 0.20 refuses Conv2d for AdaLoRA; PEFT >= 0.20's SVDConv2d ignores `groups` (depthwise convs
@@ -14,21 +17,17 @@ def _install_adalora_conv() -> None:
     from peft.tuners.tuners_utils import BaseTunerLayer
     from torch import nn
 
-    from . import _MARK, ORIGINALS
-
     original = AdaLoraModel._create_new_module
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
 
     def _create_new_module(lora_config: Any, adapter_name: str, target: Any, **kwargs: Any) -> Any:
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if type(base) is nn.Conv2d:
-            from ..adalora.layer import AdaLoraConv2d
-
             kwargs.pop("device_map", None)
             return AdaLoraConv2d(target, adapter_name, config=lora_config, **kwargs)
         return original(lora_config, adapter_name, target, **kwargs)
 
-    setattr(_create_new_module, _MARK, True)
+    setattr(_create_new_module, HOOK_MARK, True)
     ORIGINALS["adalora-conv2d"] = original
     AdaLoraModel._create_new_module = staticmethod(_create_new_module)

@@ -12,27 +12,26 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..adalora import sharded
+from ..patching import HOOK_MARK, ORIGINALS
+
 _METHODS = ("update_ipt", "mask_to_budget", "mask_using_rank_pattern")
 
 
 def _install_adalora_sharded_allocation() -> None:
     from peft.tuners.adalora.layer import RankAllocator
 
-    from . import _MARK, ORIGINALS
-
     for method in _METHODS:
         original = getattr(RankAllocator, method)
-        if getattr(original, _MARK, False):
+        if getattr(original, HOOK_MARK, False):
             continue
         ORIGINALS[f"adalora-sharded-allocation.{method}"] = original
 
         @functools.wraps(original)
         def wrapper(self: Any, model: Any, *args: Any, _original: Any = original, _method: str = method) -> Any:
-            from ..adalora import sharded  # lazily: peft_hooks imports nothing of the feature packages at load
-
             if sharded.has_sharded_adapter(model, self.adapter_name):
                 return getattr(sharded, _method)(self, model, *args)
             return _original(self, model, *args)
 
-        setattr(wrapper, _MARK, True)
+        setattr(wrapper, HOOK_MARK, True)
         setattr(RankAllocator, method, wrapper)

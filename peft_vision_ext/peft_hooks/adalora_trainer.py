@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..patching import HOOK_MARK
+
 
 def _calling_trainer() -> Any:
     """The transformers Trainer on the call stack, if any (looked up once per AdaLoRA model)."""
@@ -46,10 +48,8 @@ def _install_adalora_trainer_warning() -> None:
     from peft import PeftModel
     from peft.tuners.adalora.model import AdaLoraModel
 
-    from . import _MARK
-
     original = PeftModel.forward
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
 
     @functools.wraps(original)
@@ -59,5 +59,5 @@ def _install_adalora_trainer_warning() -> None:
             warn_if_trainer_skips_allocation(tuner)
         return original(self, *args, **kwargs)
 
-    setattr(forward, _MARK, True)
+    setattr(forward, HOOK_MARK, True)
     PeftModel.forward = forward

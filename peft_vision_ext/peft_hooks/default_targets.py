@@ -1,4 +1,10 @@
-"""Hook ``vision-default-targets``: ``target_modules=None`` resolves a vision preset."""
+"""Hook ``vision-default-targets``: the one injection pipeline, around ``BaseTuner.inject_adapter``.
+
+Every injection (``get_peft_model``, ``inject_adapter_in_model``, ``add_adapter``, ``load_adapter``; also
+``check()``'s dry run up to the report and ``get_quantized_peft_model`` before it quantizes) goes: resolve the
+default preset into the config (:func:`peft_vision_ext.presets.complete_config`) -> translate transformers-4 names
+-> enforce the matrix -> plan fused slices -> PEFT injects -> slices, heads trained in full, AdaLoRA's init.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,17 @@ import functools
 import logging
 from typing import Any
 
+from ..adalora.allocator import quiet_adalora_rank_pattern
+from ..adalora.init import apply_requested_init
+from ..compat.enforce import enforce_injection
+from ..fused import slices
+from ..matrix.rows import method_name
+from ..patching import HOOK_MARK
+from ..presets import SUPPORTED_METHODS, complete_config
+from .heads_to_save import fix_modules_to_save
 from .legacy_adapters import translate_legacy_targets
 
 logger = logging.getLogger("peft_vision_ext")
-
-
-def _method_name(config: Any) -> str:
-    peft_type = getattr(config, "peft_type", None)
-    return str(getattr(peft_type, "value", peft_type) or "").lower()
 
 
 def _upstream_has_default(tuner: Any, model: Any, config: Any) -> bool:
@@ -34,31 +43,24 @@ def _upstream_has_default(tuner: Any, model: Any, config: Any) -> bool:
 
 
 def fill_vision_defaults(tuner: Any, model: Any, adapter_name: str) -> None:
-    """Give a vision model with ``target_modules=None`` its family's default preset, head in modules_to_save.
+    """Give a vision model with ``target_modules=None`` its family's default preset, head in modules_to_save
+    (:func:`peft_vision_ext.presets.complete_config`).
 
     Only fills fields the user left as ``None``; explicit values are never rewritten. Models that PEFT
     already knows (text models in its tables) and models with nothing adaptable are left to PEFT.
     """
-    from ..errors import NotAVisionModelError
-    from ..hub.describe import record_preset
-    from ..presets import SUPPORTED_METHODS, fill_config, resolve_default
-
     config = tuner.peft_config[adapter_name]
-    method = _method_name(config)
-    if method not in SUPPORTED_METHODS or getattr(config, "target_modules", None) is not None:
+    if method_name(config) not in SUPPORTED_METHODS or getattr(config, "target_modules", None) is not None:
         return
-    if getattr(config, "target_parameters", None) or _upstream_has_default(tuner, model, config):
+    if _upstream_has_default(tuner, model, config):
         return
-    try:
-        resolution = resolve_default(model, method)
-    except NotAVisionModelError:
-        return  # nothing we recognise: PEFT raises its own "Please specify target_modules"
-    fill_config(config, resolution, method)
-    record_preset(config, resolution.preset)
-    logger.info(
-        "peft-vision-ext: target_modules=None -> preset %r of %s (%d modules); task head %s trained in full",
-        resolution.preset, resolution.family, len(resolution.target_modules), resolution.modules_to_save or "none",
-    )
+    resolution = complete_config(model, config)
+    if resolution is not None:
+        logger.info(
+            "peft-vision-ext: target_modules=None -> preset %r of %s (%d modules); task head %s trained in full",
+            resolution.preset, resolution.family, len(resolution.target_modules),
+            resolution.modules_to_save or "none",
+        )
 
 
 def _install_default_targets() -> None:
@@ -69,20 +71,12 @@ def _install_default_targets() -> None:
     # PeftModel.add_adapter, before PEFT reads the config.
     from peft.tuners.tuners_utils import BaseTuner
 
-    from . import _MARK
-
     original = BaseTuner.inject_adapter
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
 
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
-        from ..adalora.init import apply_requested_init
-        from ..compat.enforce import enforce_injection
-        from ..fused import slices
-        from .adalora_allocator import quiet_adalora_rank_pattern
-        from .heads_to_save import fix_modules_to_save
-
         fill_vision_defaults(self, model, adapter_name)
         translate_legacy_targets(self, model, adapter_name)
         config = self.peft_config[adapter_name]
@@ -100,5 +94,5 @@ def _install_default_targets() -> None:
         apply_requested_init(self, model, adapter_name)
         return result
 
-    setattr(inject_adapter, _MARK, True)
+    setattr(inject_adapter, HOOK_MARK, True)
     BaseTuner.inject_adapter = inject_adapter

@@ -12,16 +12,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..patching import HOOK_MARK, ORIGINALS
+
 _FSDP1_PART = "_fsdp_wrapped_module."
 
 
 def _install_fsdp1_adapter_keys() -> None:
     from peft.tuners import tuners_utils
 
-    from . import _MARK, ORIGINALS
-
     original = getattr(tuners_utils, "_get_tuner_state_dict_key_prefixes", None)
-    if original is None or getattr(original, _MARK, False):  # older PEFT: selection by key names, nothing to fix
+    if original is None or getattr(original, HOOK_MARK, False):  # older PEFT: selection by key names, nothing to fix
         return
     ORIGINALS["fsdp1-adapter-keys"] = original
 
@@ -30,5 +30,5 @@ def _install_fsdp1_adapter_keys() -> None:
         found = original(model, *args, **kwargs)
         return found | {prefix.replace(_FSDP1_PART, "") for prefix in found if _FSDP1_PART in prefix}
 
-    setattr(prefixes, _MARK, True)
+    setattr(prefixes, HOOK_MARK, True)
     tuners_utils._get_tuner_state_dict_key_prefixes = prefixes

@@ -8,10 +8,11 @@ import json
 import os
 from typing import Any
 
+from ..fused.slices import SIDECAR, attach_sidecar, write_sidecar
+from ..patching import HOOK_MARK
+
 
 def _read_sidecar(config: Any, path_or_repo_id: str, subfolder: str | None, kwargs: dict[str, Any]) -> None:
-    from ..fused.slices import SIDECAR, attach_sidecar
-
     if str(getattr(getattr(config, "peft_type", None), "value", "")) != "LORA":
         return
     folder = os.path.join(path_or_repo_id, subfolder) if subfolder else path_or_repo_id
@@ -37,16 +38,12 @@ def _install_fused_slices() -> None:
     from peft import PeftModel
     from peft.config import PeftConfigMixin
 
-    from . import _MARK
-
     original_save = PeftModel.save_pretrained
-    if getattr(original_save, _MARK, False):
+    if getattr(original_save, HOOK_MARK, False):
         return
 
     @functools.wraps(original_save)
     def save_pretrained(self: Any, save_directory: str, *args: Any, **kwargs: Any) -> Any:
-        from ..fused.slices import write_sidecar
-
         result = original_save(self, save_directory, *args, **kwargs)
         selected = kwargs.get("selected_adapters") or list(self.peft_config)
         if kwargs.get("is_main_process", True):
@@ -65,6 +62,6 @@ def _install_fused_slices() -> None:
         _read_sidecar(config, str(pretrained_model_name_or_path), subfolder, kwargs)
         return config
 
-    setattr(save_pretrained, _MARK, True)
+    setattr(save_pretrained, HOOK_MARK, True)
     PeftModel.save_pretrained = save_pretrained
     PeftConfigMixin.from_pretrained = classmethod(from_pretrained)

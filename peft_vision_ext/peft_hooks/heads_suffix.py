@@ -21,7 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from ..compat.kinds import CONTAINERS
+from ..layers.kinds import CONTAINERS
+from ..patching import HOOK_MARK, ORIGINALS
 
 #: the PEFT modules that bind ``_set_trainable`` by name (``from .utils import _set_trainable``)
 _BINDERS = ("peft.utils.other", "peft.utils", "peft.peft_model", "peft.mixed_model")
@@ -55,10 +56,8 @@ def _install_modules_to_save_containers() -> None:
 
     import peft.utils.other as other
 
-    from . import _MARK, ORIGINALS
-
     original = other._set_trainable
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
     ORIGINALS["modules-to-save-containers"] = original
     signature = inspect.signature(original)
@@ -78,7 +77,7 @@ def _install_modules_to_save_containers() -> None:
         with _hidden(model, hidden):
             return original(*args, **kwargs)
 
-    setattr(_set_trainable, _MARK, True)
+    setattr(_set_trainable, HOOK_MARK, True)
     for name in _BINDERS:
         module = importlib.import_module(name)
         if getattr(module, "_set_trainable", None) is original:

@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from ..patching import HOOK_MARK, ORIGINALS
+
 
 def _set_parameter(module: nn.Module, dotted: str, parameter: nn.Parameter) -> None:
     owner_path, _, name = dotted.rpartition(".")
@@ -95,10 +97,8 @@ def _install_tied_weights_without_embeddings() -> None:
     from peft.tuners import tuners_utils
     from peft.utils import other
 
-    from . import _MARK, ORIGINALS
-
     original = getattr(other, "_get_module_names_tied_with_embedding", None)
-    if original is None or getattr(original, _MARK, False):
+    if original is None or getattr(original, HOOK_MARK, False):
         return
     ORIGINALS["tied-weights-without-embeddings"] = original
 
@@ -111,7 +111,7 @@ def _install_tied_weights_without_embeddings() -> None:
                 raise
             return []
 
-    setattr(names_tied_with_embedding, _MARK, True)
+    setattr(names_tied_with_embedding, HOOK_MARK, True)
     other._get_module_names_tied_with_embedding = names_tied_with_embedding
     if getattr(tuners_utils, "_get_module_names_tied_with_embedding", None) is original:
         tuners_utils._get_module_names_tied_with_embedding = names_tied_with_embedding

@@ -12,14 +12,14 @@ import functools
 import inspect
 from typing import Any
 
+from ..patching import HOOK_MARK, ORIGINALS
+
 
 def _install_modules_to_save_keyword_calls() -> None:
     from peft.utils.other import ModulesToSaveWrapper
 
-    from . import _MARK, ORIGINALS
-
     original = ModulesToSaveWrapper.forward
-    if getattr(original, _MARK, False) or "x" not in inspect.signature(original).parameters:
+    if getattr(original, HOOK_MARK, False) or "x" not in inspect.signature(original).parameters:
         return  # already installed, or a PEFT whose wrapper takes *args, **kwargs
     ORIGINALS["modules-to-save-keyword-calls"] = original
 
@@ -32,5 +32,5 @@ def _install_modules_to_save_keyword_calls() -> None:
             return self.original_module(**kwargs)
         return self.modules_to_save[active[0]](**kwargs)
 
-    setattr(forward, _MARK, True)
+    setattr(forward, HOOK_MARK, True)
     ModulesToSaveWrapper.forward = forward

@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..patching import HOOK_MARK, ORIGINALS
+
 
 def _install_mha_exact_restore() -> None:
     from peft.tuners.lora.layer import MultiheadAttention
 
-    from . import _MARK, ORIGINALS
-
     original = MultiheadAttention.forward
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
     ORIGINALS["mha-exact-restore"] = original
 
@@ -38,5 +38,5 @@ def _install_mha_exact_restore() -> None:
                 base.in_proj_weight.data = saved_in
                 out_base.weight.data = saved_out
 
-    setattr(forward, _MARK, True)
+    setattr(forward, HOOK_MARK, True)
     MultiheadAttention.forward = forward

@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..hub.card import write_vision_card
+from ..patching import HOOK_MARK
+
 
 def _install_vision_model_card() -> None:
     # Why: PEFT's card knows nothing about vision bases (timm and torchvision models have no name_or_path, so
@@ -13,19 +16,15 @@ def _install_vision_model_card() -> None:
     # card and peft_vision_ext.json travel with every save and upload without any upload code of ours.
     from peft import PeftModel
 
-    from . import _MARK
-
     original = PeftModel.create_or_update_model_card
-    if getattr(original, _MARK, False):
+    if getattr(original, HOOK_MARK, False):
         return
 
     @functools.wraps(original)
     def create_or_update_model_card(self: Any, output_dir: str) -> Any:
-        from ..hub.card import write_vision_card
-
         result = original(self, output_dir)
         write_vision_card(self, output_dir)
         return result
 
-    setattr(create_or_update_model_card, _MARK, True)
+    setattr(create_or_update_model_card, HOOK_MARK, True)
     PeftModel.create_or_update_model_card = create_or_update_model_card

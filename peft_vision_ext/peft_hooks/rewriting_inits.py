@@ -29,15 +29,18 @@ from typing import Any
 
 import torch
 
+from ..fingerprints import ORIGINAL_FINGERPRINT, fingerprint
+from ..hub.metadata import CONVERTED_ADAPTER
 from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors, rewrites_base, split_converted
+from ..layers.kinds import base_layer
+from ..patching import ORIGINALS
+from ..targets import targeted_modules
 
 _OWN_MARK = "__peft_vision_ext_rewriting_inits__"
 
 
 def _weights(model: Any, paths: list[str]) -> dict[str, torch.Tensor]:
     """``path.weight`` -> the base layer's weight (unwrapped once PEFT has injected)."""
-    from ..compat.kinds import base_layer
-
     found = {}
     for path in paths:
         weight = getattr(base_layer(model.get_submodule(path)), "weight", None)
@@ -158,10 +161,6 @@ def _install_rewriting_inits() -> None:
     from peft import PeftModel
     from peft.tuners.tuners_utils import BaseTuner
 
-    from ..fingerprints import ORIGINAL_FINGERPRINT, fingerprint
-    from ..hub.metadata import CONVERTED_ADAPTER
-    from ..targets import targeted_modules
-    from . import ORIGINALS
 
     original_inject = BaseTuner.inject_adapter
     original_save = PeftModel.save_pretrained

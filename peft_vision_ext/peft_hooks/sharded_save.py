@@ -15,13 +15,15 @@ import functools
 import re
 from typing import Any
 
+from ..card_facts import PRECOMPUTED_BASE, is_vision_model, precomputed_base
+from ..layers.shards import has_dtensor_parameters, is_fsdp1
+from ..patching import HOOK_MARK
+
 _FSDP1_BLOCK = re.compile(r"\.lora_[AB]\.[^.]+\.block\d+$")
 _OWN_MARK = "__peft_vision_ext_sharded_save__"  # PeftModel.save_pretrained also carries fused-qkv-slices' wrapper
 
 
 def _is_sharded(model: Any) -> bool:
-    from ..distributed.shards import has_dtensor_parameters, is_fsdp1
-
     return has_dtensor_parameters(model) or is_fsdp1(model) or any(
         getattr(p, "_fsdp_flattened", False) for p in model.parameters())
 
@@ -29,16 +31,12 @@ def _is_sharded(model: Any) -> bool:
 def _install_sharded_save() -> None:
     from peft import PeftModel
 
-    from . import _MARK
-
     original = PeftModel.save_pretrained
     if getattr(original, _OWN_MARK, False):
         return
 
     @functools.wraps(original)
     def save_pretrained(self: Any, save_directory: str, *args: Any, **kwargs: Any) -> Any:
-        from ..hub.metadata import PRECOMPUTED_BASE, is_vision_model, precomputed_base
-
         if PRECOMPUTED_BASE in self.__dict__ or not _is_sharded(self):
             return original(self, save_directory, *args, **kwargs)
         state = kwargs.get("state_dict")
@@ -57,6 +55,6 @@ def _install_sharded_save() -> None:
         finally:
             self.__dict__.pop(PRECOMPUTED_BASE, None)
 
-    setattr(save_pretrained, _MARK, True)
+    setattr(save_pretrained, HOOK_MARK, True)
     setattr(save_pretrained, _OWN_MARK, True)
     PeftModel.save_pretrained = save_pretrained

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-#: Where enforce_injection leaves the targets to route for one injection (outside adapter_config.json).
-ROUTED_ATTRIBUTE = "_peft_vision_ext_routed"
+from ..patching import HOOK_MARK
+from ..routing import ROUTED_ATTRIBUTE, route
 
 
 def _install_weight_routing() -> None:
@@ -18,16 +18,12 @@ def _install_weight_routing() -> None:
     # vision-default-targets hook, so it wraps that one and sees the config it completed.
     from peft.tuners.tuners_utils import BaseTuner
 
-    from . import _MARK
-
     original = BaseTuner.inject_adapter
-    if getattr(original, f"{_MARK}routing", False):
+    if getattr(original, f"{HOOK_MARK}routing", False):
         return
 
     @functools.wraps(original)
     def inject_adapter(self: Any, model: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
-        from ..routing import route
-
         result = original(self, model, adapter_name, *args, **kwargs)
         config = self.peft_config.get(adapter_name)
         routed = config.__dict__.pop(ROUTED_ATTRIBUTE, None) if config is not None else None
@@ -35,6 +31,6 @@ def _install_weight_routing() -> None:
             route(model, routed)
         return result
 
-    setattr(inject_adapter, _MARK, True)
-    setattr(inject_adapter, f"{_MARK}routing", True)
+    setattr(inject_adapter, HOOK_MARK, True)
+    setattr(inject_adapter, f"{HOOK_MARK}routing", True)
     BaseTuner.inject_adapter = inject_adapter

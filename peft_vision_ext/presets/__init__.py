@@ -12,17 +12,21 @@ from typing import Any
 
 from torch import nn
 
+from ..adalora.defaults import vision_adalora_kwargs
+from ..card_facts import record_preset
 from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
+from ..families import Detection, LayerInfo, Part, Role, VisionFamily, detect_family, families, register_family
+from ..fused.slices import request_preset_slices, use_fused_slices
+from ..layers.kinds import LayerKind
+from ..matrix.rows import method_name
+from ..matrix.verdicts import METHOD_NAMES, Operation, config_class, entry
 from ..versions import peft_version
-from . import task_families  # noqa: F401 - registers the detection / segmentation / depth families
 from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, Preset, method_layer_kinds
-from .families import Detection, VisionFamily, detect_family, families, register_family
-from .roles import LayerInfo, Part, Role
 
 __all__ = [
     "PRESETS", "Preset", "Role", "Part", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
     "families", "register_family", "list_presets", "resolve_targets", "resolve_default", "preset_config",
-    "fill_config", "SUPPORTED_METHODS",
+    "fill_config", "complete_config", "SUPPORTED_METHODS",
 ]
 
 
@@ -98,8 +102,6 @@ def _resolve(detection: Detection, preset: str, method: str | None, towers: str 
         wanted_parts = ", ".join(sorted(p.value for p in _parts(PRESETS[preset], towers)))
         left_out = dropped(detection, preset, method, towers) if method else {}
         if left_out:
-            from ..compat.matrix import METHOD_NAMES
-
             name = METHOD_NAMES.get(method, method)
             lines = [f"Preset {preset!r} selects {sum(map(len, left_out.values()))} modules of this "
                      f"{detection.family.name} model, and {name} can adapt none of them on peft {peft_version()}:"]
@@ -123,9 +125,6 @@ def dropped(detection: Detection, preset: str, method: str, towers: str = "visio
             ) -> dict[tuple[str, str, str], list[str]]:
     """(layer kind, reason, what to use instead) -> module paths ``preset`` selects but leaves out for ``method``,
     because the compatibility matrix refuses that kind (or allows it only under a condition) for the method."""
-    from ..compat.kinds import LayerKind
-    from ..compat.matrix import Operation, entry
-
     kinds = method_layer_kinds(method, peft_version())
     left_out: dict[tuple[str, str, str], list[str]] = {}
     for layer in _select(detection, PRESETS[preset], None, towers):
@@ -148,7 +147,6 @@ def dropped(detection: Detection, preset: str, method: str, towers: str = "visio
 @dataclass(frozen=True)
 class Resolution:
     """What a preset resolves to for one model and method: the pieces of a PEFT config."""
-
     family: str
     preset: str
     target_modules: list[str]
@@ -180,8 +178,6 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None, to
 def fill_config(config: Any, resolution: Resolution, method: str) -> None:
     """Give ``config`` what ``resolution`` resolved: its targets, and where the user left them ``None`` the task head
     (``modules_to_save``) and IA3's feedforward modules; LoRA: the preset's slices of fused q/k/v layers."""
-    from ..fused.slices import request_preset_slices  # local: fused reads roles from this package
-
     config.target_modules = set(resolution.target_modules)
     if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
         config.feedforward_modules = set(resolution.feedforward_modules)
@@ -190,9 +186,33 @@ def fill_config(config: Any, resolution: Resolution, method: str) -> None:
     request_preset_slices(config, PRESETS[resolution.preset].roles)
 
 
-def _config_class(method: str) -> type:
-    from ..compat.matrix import config_class
+def complete_config(model: nn.Module, config: Any, *, strict: bool = False) -> Resolution | None:
+    """The first step of the one injection pipeline: a config with ``target_modules=None`` gets the family's default
+    preset, in place (targets; where left ``None``, the task head and IA3's feedforward modules; LoRA: the preset's
+    slices of fused q/k/v layers), and remembers which preset it was (the model card reads it).
 
+    The ``vision-default-targets`` hook runs it at every injection, :func:`peft_vision_ext.check` in its dry run and
+    :func:`peft_vision_ext.get_quantized_peft_model` before it quantizes; the hook then enforces the matrix, injects
+    and applies the inits. Returns the resolution, or ``None`` when nothing is filled: explicit targets or
+    ``target_parameters``, a method without presets, or (unless ``strict``) a model with no family the plugin
+    recognises, which PEFT then refuses with its own "specify target_modules".
+    """
+    method = method_name(config)
+    if (method not in SUPPORTED_METHODS or getattr(config, "target_modules", None) is not None
+            or getattr(config, "target_parameters", None)):
+        return None
+    try:
+        resolution = resolve_default(model, method)
+    except NotAVisionModelError:
+        if strict:
+            raise
+        return None
+    fill_config(config, resolution, method)
+    record_preset(config, resolution.preset)
+    return resolution
+
+
+def _config_class(method: str) -> type:
     if method not in SUPPORTED_METHODS:
         raise ValueError(f"preset_config supports methods {', '.join(SUPPORTED_METHODS)}; got {method!r}.")
     return config_class(method)
@@ -218,7 +238,6 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         raise ValueError(f"preset_config(fused={fused!r}): use 'slices' or 'whole'.")
     config_class = _config_class(method)
     if method == "adalora":  # comparable budget, scale and regulariser weight (adalora/defaults.py)
-        from ..adalora.defaults import vision_adalora_kwargs
 
         detection = detect_family(model)
         method_kwargs = vision_adalora_kwargs(method_kwargs, detection.kind if detection is not None else None)
@@ -230,8 +249,6 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         if method_kwargs.get("modules_to_save") is None and resolution.modules_to_save:
             method_kwargs["modules_to_save"] = resolution.modules_to_save
         config = config_class(**method_kwargs)
-        from ..fused.slices import request_preset_slices, use_fused_slices
-        from ..hub.describe import record_preset  # local: hub imports quantization, which imports presets
 
         record_preset(config, resolution.preset)
         if method == "lora" and fused == "whole":

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from .roles import Part, Role
+from ..families.roles import Part, Role
+from ..matrix.rows import PRESET_METHODS
+from ..matrix.verdicts import Operation, kinds_supporting
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,13 @@ VISION_PARTS = frozenset(Part) - {Part.TEXT}
 TOWERS: dict[str, frozenset[Part]] = {"vision": VISION_PARTS, "text": frozenset({Part.TEXT}), "both": frozenset(Part)}
 
 #: The methods presets resolve defaults for (the first five of the compatibility matrix).
-SUPPORTED_METHODS: tuple[str, ...] = ("lora", "loha", "lokr", "adalora", "ia3")
+#: The methods presets serve (the method table: :data:`peft_vision_ext.matrix.rows.PRESET_METHODS`).
+SUPPORTED_METHODS: tuple[str, ...] = PRESET_METHODS
 
 
 def method_layer_kinds(method: str, peft_version: Version) -> frozenset[str] | None:
     """Layer kinds a preset may give ``method`` on ``peft_version``: those the compatibility matrix lets it train
     unconditionally (so LoRA never gets grouped or dilated convs from a preset); ``None`` for an unknown method."""
-    from ..compat.matrix import Operation, kinds_supporting
-
     kinds = kinds_supporting(method, Operation.TRAIN, peft_version)
     return None if kinds is None else frozenset(kind.value for kind in kinds)
 

@@ -9,7 +9,8 @@ import copy
 
 from torch import nn
 
-from . import detect_family, list_presets, preset_config
+from ..families import detect_family
+from . import list_presets, preset_config
 
 _METHOD_EXTRAS: dict[str, dict[str, object]] = {"adalora": {"total_step": 1000}}
 

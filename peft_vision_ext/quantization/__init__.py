@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..layers.cpu_packing import cpu_takes_packed_path, enable_inference_packing, keep_unpacked
 from .bnb_layers import storage_bytes
 from .buffered_4bit import release_freed_memory, set_buffered_dequantization, set_release_freed_memory
-from .cpu_packing import cpu_takes_packed_path, enable_inference_packing, keep_unpacked
 from .hf import bnb_config
 from .merge import dequantize, merge_and_unload
 from .quantize import QuantizationPlan, plan, quantize

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat.kinds import LayerKind, layer_kind
+from ..layers.cpu_packing import is_packed, unpack
+from ..layers.kinds import LayerKind, layer_kind
+from .bnb_patches import patch_bitsandbytes
 
 
 def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, bits: int, quant_type: str = "nf4",
@@ -16,8 +18,6 @@ def quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, bits: int,
                      device: torch.device | str = "cpu", int8_threshold: float = 6.0) -> nn.Module:
     """A bitsandbytes Linear holding ``weight`` quantized (bitsandbytes packs it when the layer moves to a device)."""
     import bitsandbytes as bnb
-
-    from ..peft_hooks import patch_bitsandbytes
 
     patch_bitsandbytes()  # standard layout kept at eval forwards (AVX512-BF16 CPUs); buffered frozen forward
     out_features, in_features = weight.shape
@@ -44,8 +44,6 @@ def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """The full-precision (fp32) weight a bitsandbytes Linear computes with (also when bitsandbytes repacked it for
     its AVX512-BF16 CPU kernel: read from an unpacked copy, the layer itself is left as it is)."""
     from peft.utils.integrations import dequantize_bnb_weight
-
-    from .cpu_packing import is_packed, unpack
 
     if is_packed(module):
         module = copy.deepcopy(module)

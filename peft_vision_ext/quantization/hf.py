@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import QuantizationError
+from .bnb_patches import patch_bitsandbytes
+from .quantize import plan
 
 
 def _skeleton(model_or_config: Any) -> nn.Module:
@@ -47,8 +49,6 @@ def bnb_config(model_or_config: Any, bits: int = 4, quant_type: str = "nf4", dou
     """
     from transformers import BitsAndBytesConfig
 
-    from ..peft_hooks import patch_bitsandbytes
-    from .quantize import plan
 
     patch_bitsandbytes()  # the 4-bit layers from_pretrained builds keep their layout; buffered frozen forward
 

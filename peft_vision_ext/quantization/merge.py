@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..errors import QuantizationError
+from ..layers.cpu_packing import keep_unpacked
 from .bnb_layers import dequantized_linear, dequantized_weight, is_quantized
-from .cpu_packing import keep_unpacked
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from ..errors import QuantizationError
-from ..presets.roles import LINEAR_ROLES, Role
+from ..families import detect_family
+from ..families.roles import LINEAR_ROLES, Role
+from ..layers.probe import input_ndims
 from .bnb_layers import is_quantized, quantized_linear
 
 #: Roles whose Linear layers are quantized by default: the attention and MLP projections of the blocks. The
@@ -33,8 +35,6 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 def plan(model: nn.Module, bits: int = 4, skip: Iterable[str] | None = None) -> QuantizationPlan:
     """Which Linear layers ``quantize`` would replace. Reads the model only."""
-    from ..presets import detect_family
-
     if bits not in (4, 8):
         raise QuantizationError(f"bits must be 4 or 8 (bitsandbytes nf4/fp4 or int8); got {bits!r}.")
     quantized = [name for name, module in model.named_modules() if is_quantized(module)]
@@ -58,7 +58,6 @@ def plan(model: nn.Module, bits: int = 4, skip: Iterable[str] | None = None) -> 
     if bits == 8:
         # bitsandbytes' int8 matmul fails on channels-last 4-D input (timm Swin's patch merging) once the layer has
         # run in training mode: those layers stay in full precision.
-        from ..compat.probe import input_ndims
 
         ndims = input_ndims(model, chosen)
         chosen = [name for name in chosen if ndims.get(name, 3) != 4]

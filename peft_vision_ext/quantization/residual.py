@@ -24,7 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import QuantizationError
+from ..errors import AdapterLoadError, QuantizationError
+from ..fingerprints import ORIGINAL_FINGERPRINT, fingerprint
+from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors, split_converted
+from ..layers.kinds import base_layer
+from ..presets import complete_config
+from ..targets import targeted_modules
 from .quantize import QUANTIZATION_RECORD, QuantizationPlan, preflight, quantize
 
 #: The inits whose residual is quantized. LoftQ is PEFT's own quantization-aware init (CUDA only).
@@ -51,14 +56,12 @@ def get_quantized_peft_model(model: nn.Module, config: Any, bits: int = 4, *, ad
     """
     from peft import get_peft_model, get_peft_model_state_dict
 
-    from ..compat.kinds import base_layer
-    from ..fingerprints import ORIGINAL_FINGERPRINT
-    from ..targets import targeted_modules
 
     _check_config(config)
     _check_model(model)
     chosen = preflight(model, bits, **quantize_options)
-    config = _with_default_targets(model, config)
+    config = copy.deepcopy(config)
+    complete_config(model, config)  # the targets are needed before the build, as the injection would fill them
     quantize_options = _keeping_trained_modules(model, config, bits, chosen, quantize_options)
     # PEFT rewrites the targeted weights at init; the build starts again from the originals, so that training and
     # load_adapter compute the residual the same way.
@@ -126,24 +129,6 @@ def _keeping_trained_modules(model: nn.Module, config: Any, bits: int, chosen: Q
     return kept
 
 
-def _with_default_targets(model: nn.Module, config: Any) -> Any:
-    """A copy of ``config`` with ``target_modules=None`` resolved to the model's default preset, as the
-    ``vision-default-targets`` hook would at injection (the build needs the targets before)."""
-    from ..errors import NotAVisionModelError
-    from ..hub.describe import record_preset
-    from ..presets import fill_config, resolve_default
-
-    config = copy.deepcopy(config)
-    if config.target_modules is None and not getattr(config, "target_parameters", None):
-        try:
-            resolution = resolve_default(model, "lora")
-        except NotAVisionModelError:
-            return config  # PEFT raises its own "Please specify target_modules" at injection
-        fill_config(config, resolution, "lora")
-        record_preset(config, resolution.preset)
-    return config
-
-
 def build(base: nn.Module, config: Any, initial: dict[str, torch.Tensor], trained: dict[str, torch.Tensor],
           quantization: dict[str, Any], adapter_name: str, inference_mode: bool = False) -> Any:
     """The PeftModel of a residual-quantized rewriting init, from the *original* full-precision ``base``.
@@ -155,8 +140,6 @@ def build(base: nn.Module, config: Any, initial: dict[str, torch.Tensor], traine
     """
     from peft import get_peft_model
 
-    from ..fingerprints import ORIGINAL_FINGERPRINT, fingerprint
-    from ..initial_factors import INITIAL_ATTRIBUTE, adapter_tensors
 
     init = config.init_lora_weights
     plain = copy.deepcopy(config)
@@ -220,8 +203,6 @@ def load_residual_adapter(base: nn.Module, folder: str, quantization: dict[str, 
     from peft import LoraConfig
     from safetensors.torch import load_file
 
-    from ..initial_factors import split_converted
-
     record = quantization[RESIDUAL_KEY]
     config = LoraConfig.from_pretrained(folder)
     config.r, config.lora_alpha = record["r"], record["lora_alpha"]
@@ -236,8 +217,6 @@ def load_residual_adapter(base: nn.Module, folder: str, quantization: dict[str, 
 
 
 def _check_converted(state: dict[str, torch.Tensor], config: Any, folder: str) -> None:
-    from ..errors import AdapterLoadError
-
     saved = next((tensor.shape[0] for name, tensor in state.items() if ".lora_A." in name), None)
     pattern = config.rank_pattern or {}
     if saved is None or (not pattern and saved != 2 * config.r) or saved % 2:
