@@ -23,9 +23,9 @@ import torch
 
 import peft_vision_ext  # noqa: F401 - installs the hooks
 from peft_vision_ext.compat import allow_unsupported, grid
-from peft_vision_ext.compat.matrix import KINDS, METHODS
-from peft_vision_ext.compat.rows import GENERATED, installed
 from peft_vision_ext.compat.verify import NEEDS_GPU, run_cell
+from peft_vision_ext.matrix.rows import GENERATED, installed
+from peft_vision_ext.matrix.verdicts import KINDS, METHODS
 
 SILENT = ("identity", "changed", "differs", "does not change")
 

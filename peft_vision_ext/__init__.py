@@ -23,13 +23,12 @@ base facts                  ``errors``, ``versions``, ``targets``, ``module_refs
 from __future__ import annotations
 
 # noise first: it installs its log filters before anything below imports PEFT, which imports bitsandbytes.
-from . import (  # noqa: F401  (pve.distributed.shard_model / save_adapter)
-    distributed,
-    noise,  # noqa: F401  # isort: split
-    peft_hooks,
-)
+from . import noise  # noqa: F401
+
+# isort: split
+from . import distributed, peft_hooks  # noqa: F401  (pve.distributed.shard_model / save_adapter)
 from .adalora import use_adalora_init
-from .adalora.callback import AdaLoraCallback
+from .adalora.callback import adalora_callback_class
 from .card_facts import describe
 from .compat import LayerKind, allow_unsupported, check, matrix_markdown, recommend
 from .errors import (
@@ -60,6 +59,12 @@ __all__ = [
     "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
     "use_fused_slices", "FusedSlicesError", "use_adalora_init",
 ]
+
+
+def __getattr__(name: str) -> type:
+    if name == "AdaLoraCallback":  # needs transformers' TrainerCallback: built on first use (adalora/callback.py)
+        return adalora_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register() -> list[str]:

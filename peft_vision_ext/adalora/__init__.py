@@ -7,7 +7,7 @@ everything above read it (the PEFT hooks for AdaLoRA live in :mod:`peft_vision_e
 
 from __future__ import annotations
 
-from .callback import AdaLoraCallback
+from .callback import adalora_callback_class
 from .defaults import VISION_DEFAULTS, VisionAdaLoraDefaults, vision_adalora_kwargs
 from .init import INITS, use_adalora_init
 from .layer import AdaLoraConv2d
@@ -20,3 +20,8 @@ __all__ = ["INITS", "SCHEDULE", "VISION_DEFAULTS", "AdaLoraConv2d", "AdaLoraCall
            "layer_ranks", "orthogonal_regularization", "rank_pattern_table", "use_adalora_init",
            "vision_adalora_kwargs"]
 
+
+def __getattr__(name: str) -> type:
+    if name == "AdaLoraCallback":  # needs transformers' TrainerCallback: built on first use, see callback.py
+        return adalora_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,13 +12,13 @@ schedule) with every checkpoint so a resumed run allocates exactly like an unint
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from ..distributed.save import find_peft_model, save_adapter
 from .allocator import load_rank_allocator_state, rank_allocator_state
@@ -72,7 +72,7 @@ def _state_file(sharded: bool) -> str:
     return f"{stem}.rank{dist.get_rank()}-of-{dist.get_world_size()}{extension}"
 
 
-class AdaLoraCallback(TrainerCallback):
+class _AdaLoraCallback:
     """Runs AdaLoRA's rank allocation under ``transformers.Trainer``: ``Trainer(..., callbacks=[AdaLoraCallback()])``.
 
     ``schedule``: ``"derive"`` (default) derives ``tinit``/``tfinal``/``deltaT`` left at PEFT's defaults from the
@@ -183,3 +183,21 @@ class AdaLoraCallback(TrainerCallback):
                 peft_model.save_pretrained(checkpoint, selected_adapters=[tuner.trainable_adapter_name])
         finally:
             config.rank_pattern = pattern
+
+
+@functools.cache
+def adalora_callback_class() -> type:
+    """``AdaLoraCallback``: the methods above on transformers' ``TrainerCallback``, built once, on first use.
+
+    Why not at import: transformers' callback module loads its Trainer arguments machinery, which
+    ``import peft_vision_ext`` does not (it loads nothing beyond what peft loads; tests/test_foundation.py)."""
+    from transformers import TrainerCallback  # heavy (Trainer machinery): only when a Trainer callback is asked for
+
+    return type("AdaLoraCallback", (_AdaLoraCallback, TrainerCallback),
+                {"__module__": __name__, "__qualname__": "AdaLoraCallback", "__doc__": _AdaLoraCallback.__doc__})
+
+
+def __getattr__(name: str) -> type:
+    if name == "AdaLoraCallback":  # built on first use (adalora_callback_class); no module of ours is loaded here
+        return adalora_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -123,7 +123,7 @@ def enforce_injection(model: nn.Module, config: Any) -> None:
         return
     _warn_suffix_surprises(model, config)
     # bitsandbytes may have repacked 4-bit weights at an eval forward before the plugin saw the model: training
-    # would fail on them (see quantization/cpu_packing.py); from here on they stay unpacked.
+    # would fail on them (see layers/cpu_packing.py); from here on they stay unpacked.
     keep_unpacked(model)
     if enforcing():
         _refuse_quantized_heads(model, config)

@@ -9,6 +9,9 @@
 
 AdaLoRA's rank allocation on sharded adapters is a PEFT hook (``adalora-sharded-allocation``): plain
 ``update_and_allocate`` and :class:`~peft_vision_ext.AdaLoraCallback` work unchanged.
+
+Layer: features, beside data (neither imports the other). It may import card_facts, the data below it, the layer
+math and the base modules; AdaLoRA (its callback saves sharded checkpoints) and everything above read it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ layer math and the base modules only. Importing it registers the classification 
 
 from __future__ import annotations
 
+from . import tasks  # noqa: F401 - registers the detection / segmentation / depth families, after the others
 from .registry import Detection, VisionFamily, detect_family, families, head_names, model_library, register_family
 from .roles import LayerInfo, Part, Role
 

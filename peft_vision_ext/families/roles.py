@@ -3,7 +3,7 @@
 Every layer that an adapter could wrap gets exactly one :class:`Role`. Names help (``q_proj``, ``qkv``,
 ``fc1``) but are not required: an unknown model is classified by module types, by the attention block a
 Linear sits in, by fused ``out == 3 * in`` shapes, and by the ``groups`` of its convolutions. Families
-(see :mod:`peft_vision_ext.presets.families`) only add regex overrides where structure is ambiguous.
+(see :mod:`peft_vision_ext.families.registry`) only add regex overrides where structure is ambiguous.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class LayerInfo:
     """One adaptable (or head/norm) layer of a model, with the role it plays."""
     name: str
     role: Role
-    layer_kind: str  # a compat.kinds.LayerKind value, or "norm" for norms and heads of other types
+    layer_kind: str  # a layers.kinds.LayerKind value, or "norm" for norms and heads of other types
     layer_type: str  # class name: "Linear", "Conv2d", "NonDynamicallyQuantizableLinear", ...
     params: int
     groups: int = 1

@@ -6,6 +6,9 @@
 Saved adapters are standard PEFT LoRA (rank r per slice, stacked, with a block-structured B): plain PEFT loads
 them without the plugin and reproduces the outputs; ``fused_slices.json`` beside them lets the plugin rebuild the
 same trainable layout.
+
+Layer: features, beside adalora (neither imports the other). It may import the data (roles), the layer math and
+the base modules; presets and everything above read it.
 """
 
 from .factors import BlockFactor

@@ -39,6 +39,8 @@ from .metadata import (
 )
 
 START, END = "<!-- peft-vision-ext:start -->", "<!-- peft-vision-ext:end -->"
+
+
 def infer_task(model: Any) -> str:
     """The Hub task: the family's (object-detection, depth-estimation, ...) for task families, else
     image-classification / image-segmentation / image-feature-extraction from the model's class and head."""

@@ -14,10 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card_facts import (
-    card_info,
-    library_of,
-)
+from ..card_facts import card_info, library_of
 from ..families import detect_family
 from ..fingerprints import under
 from ..quantization.quantize import QUANTIZATION_RECORD
@@ -25,7 +22,6 @@ from ..versions import __version__
 
 METADATA_FILE = "peft_vision_ext.json"
 FORMAT_VERSION = 1
-
 
 
 def base_spec(model: nn.Module, state: dict[str, torch.Tensor] | None = None,
@@ -189,8 +185,6 @@ def head_shapes(heads: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
 
 #: On a PeftModel while one of its adapters is saved through PEFT's conversion to plain LoRA (same hook): its name.
 CONVERTED_ADAPTER = "__peft_vision_ext_converted_adapter__"
-
-
 
 
 def _to_dict(config: Any) -> dict[str, Any] | None:

@@ -3,6 +3,9 @@
 >>> list_presets(model)                         # {"attention": [...], "mlp": [...], ...}
 >>> resolve_targets(model, "attention", method="lora")
 >>> preset_config(model, "lora", r=16)          # a ready LoraConfig with the family's default preset
+
+Layer: features (resolution). It reads the data below (families, the matrix, card facts), fills configs with
+the fused-slices layout and AdaLoRA's defaults; quantization, the analysis, the hub and the hooks read it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ __all__ = [
     "families", "register_family", "list_presets", "resolve_targets", "resolve_default", "preset_config",
     "fill_config", "complete_config", "SUPPORTED_METHODS",
 ]
-
 
 
 def _detect(model: nn.Module) -> Detection:

@@ -1,4 +1,7 @@
-"""Quantized (bitsandbytes) fine-tuning of ViTs: quantize, QPiSSA, a transformers config, merge, memory accounting."""
+"""Quantized (bitsandbytes) fine-tuning of ViTs: quantize, QPiSSA, a transformers config, merge, memory accounting.
+
+Layer: features. It may import presets (default targets of a quantized residual), the data, the layer math and
+the base modules; the analysis, the hub and the hooks read it."""
 
 from __future__ import annotations
 
