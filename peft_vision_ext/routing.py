@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .targets import method_name
+
 #: Methods whose wrappers compute through their base layer and add a delta (verified per method in the tests).
 ROUTABLE_METHODS = frozenset({"lora", "loha", "lokr", "adalora", "vera", "fourierft", "oft"})
 #: Where enforce_injection leaves the targets to route for one injection (outside adapter_config.json); the
@@ -39,9 +41,7 @@ _ROUTES = "_peft_vision_ext_routes"  # parent attribute: child names routed, and
 
 def routable(config: Any) -> bool:
     """Whether ``config``'s wrappers can stand in for an ``F.linear`` their parent computes itself."""
-    peft_type = getattr(config, "peft_type", None)
-    method = str(getattr(peft_type, "value", peft_type) or "").lower()
-    return method in ROUTABLE_METHODS and not getattr(config, "use_dora", False)
+    return method_name(config) in ROUTABLE_METHODS and not getattr(config, "use_dora", False)
 
 
 def linear_arguments(args: tuple, kwargs: dict) -> tuple[Any, Any, Any]:

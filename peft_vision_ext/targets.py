@@ -1,6 +1,5 @@
-"""Which modules a PEFT config targets on a model, as PEFT's injection will match them.
-
-Below both :mod:`peft_vision_ext.compat` and :mod:`peft_vision_ext.peft_hooks`: it imports neither.
+"""Reading a PEFT config: which method it is (:func:`method_name`, the matrix row's name) and which modules it
+targets on a model, as PEFT's injection will match them. Base layer: imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -32,3 +31,9 @@ def targeted_modules(model: Any, config: Any) -> list[tuple[str, Any]]:
         if isinstance(module, BaseTunerLayer) or type(module).__name__ == "ModulesToSaveWrapper":
             inside.append(name + ".")
     return found
+
+
+def method_name(config: Any) -> str:
+    """The matrix row of a PEFT config's method: its ``peft_type`` value in lower case (``"lora"``, ``"ia3"``)."""
+    peft_type = getattr(config, "peft_type", None)
+    return str(getattr(peft_type, "value", peft_type) or "").lower()

@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from ..targets import method_name
+
 _ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 SCHEDULE_FIELDS = ("total_step", "tinit", "tfinal", "deltaT")  # AdaLoraConfig fields of the rank schedule
 
@@ -65,7 +67,7 @@ def quiet_adalora_rank_pattern(config: Any) -> Iterator[None]:
     other key keeps PEFT's warning.
     """
     pattern = getattr(config, "rank_pattern", None) or {}
-    is_adalora = str(getattr(getattr(config, "peft_type", None), "value", "")) == "ADALORA"
+    is_adalora = method_name(config) == "adalora"
     if not (is_adalora and pattern and all(str(key).endswith(".lora_E") for key in pattern)):
         yield
         return

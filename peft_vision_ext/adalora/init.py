@@ -25,6 +25,7 @@ import torch
 
 from ..card_facts import PRESET_ATTRIBUTE
 from ..families import detect_family
+from ..targets import method_name
 
 AdaLoraInit = Literal["peft", "orthonormal"]
 INITS: tuple[str, ...] = ("peft", "orthonormal")
@@ -36,7 +37,7 @@ def use_adalora_init(config: Any, scheme: AdaLoraInit) -> Any:
     """Choose how the AdaLoRA layers of ``config`` start (``"orthonormal"`` or ``"peft"``); returns ``config``."""
     if scheme not in INITS:
         raise ValueError(f"use_adalora_init: {scheme!r} is not one of {INITS}")
-    if str(getattr(getattr(config, "peft_type", None), "value", "")) != "ADALORA":
+    if method_name(config) != "adalora":
         raise ValueError(f"use_adalora_init needs an AdaLoraConfig, got {type(config).__name__}")
     config.__dict__[REQUEST_ATTRIBUTE] = scheme
     return config
@@ -57,7 +58,7 @@ def requested_init(config: Any, model: Any) -> str:
 def apply_requested_init(tuner: Any, model: Any, adapter: str) -> None:
     """After PEFT injected ``adapter``: re-initialise its AdaLoRA factors as requested (no-op for other methods)."""
     config = tuner.peft_config[adapter]
-    if str(getattr(getattr(config, "peft_type", None), "value", "")) != "ADALORA":
+    if method_name(config) != "adalora":
         return
     if not getattr(config, "init_lora_weights", True):
         return  # init_lora_weights=False: the user asked for PEFT's random (non-zero) start, for tests

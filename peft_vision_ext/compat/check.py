@@ -26,12 +26,11 @@ from ..fused.slices import fused_plans, prepare
 from ..layers.kinds import LayerKind, layer_kind
 from ..layers.kinds import base_layer as _base_layer
 from ..layers.probe import Observation, observe
-from ..matrix.rows import method_name
 from ..matrix.verdicts import ADVICE, KINDS, METHOD_NAMES, Entry, Operation, Status, Verdict, config_rows, entry, title
 from ..module_refs import list_held_modules
 from ..presets import complete_config, dropped
 from ..routing import ROUTABLE_METHODS, routable
-from ..targets import targeted_modules
+from ..targets import method_name, targeted_modules
 from ..versions import peft_version
 
 _UNVERIFIED = Verdict(Status.UNVERIFIED, "not covered by the compatibility matrix: passed through to PEFT unverified")

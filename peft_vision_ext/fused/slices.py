@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import FusedSlicesError, name_list
-from ..targets import targeted_modules
+from ..targets import method_name, targeted_modules
 from .factors import BlockFactor
 from .layout import FusedLayout, fused_layout
 
@@ -86,7 +86,7 @@ def use_fused_slices(config: Any, slices: Iterable[str] | str = DEFAULT_SLICES) 
     always wraps). The presets set this for you (``attention``: q and v; ``attention-full``: all of them); call it to
     override a preset or to slice explicit ``target_modules``. LoRA only. Returns ``config``.
     """
-    if _method(config) != "lora":
+    if method_name(config) != "lora":
         raise FusedSlicesError(f"use_fused_slices: LoRA only (got {type(config).__name__}); other methods adapt "
                                "fused layers as a whole.")
     if isinstance(slices, str):
@@ -110,7 +110,7 @@ def request_of(config: Any) -> FusedRequest | None:
 
 def request_preset_slices(config: Any, roles: Iterable[Any]) -> None:
     """A preset's request: the q/k/v (and o) roles it selects become slices. An explicit request is kept."""
-    if _method(config) != "lora" or request_of(config) is not None:
+    if method_name(config) != "lora" or request_of(config) is not None:
         return
     roles = {getattr(role, "value", role) for role in roles}
     slices = tuple(s for s in SLICE_NAMES if s in roles)
@@ -122,11 +122,6 @@ def fused_plans(config: Any) -> dict[str, ModulePlan]:
     """Module path -> plan of every layer adapted slice by slice under ``config`` (empty before injection)."""
     request = request_of(config)
     return dict(request.modules) if request else {}
-
-
-def _method(config: Any) -> str:
-    peft_type = getattr(config, "peft_type", None)
-    return str(getattr(peft_type, "value", peft_type) or "").lower()
 
 
 def _unsupported_options(config: Any) -> list[str]:
@@ -146,7 +141,7 @@ def _unsupported_options(config: Any) -> list[str]:
 def prepare(model: nn.Module, config: Any) -> None:
     """Plan every targeted fused layer and give it its stacked rank/alpha in the config's patterns (idempotent)."""
     request = request_of(config)
-    if request is None or not request.slices or _method(config) != "lora":
+    if request is None or not request.slices or method_name(config) != "lora":
         return
     problems = _unsupported_options(config)
     if problems:

@@ -50,12 +50,6 @@ def _lora(variant: str, title: str, init: str = "", rewrites_base: bool = False,
                needs_gpu)
 
 
-def method_name(config: Any) -> str:
-    """The matrix row of a PEFT config's method: its ``peft_type`` value in lower case (``"lora"``, ``"ia3"``)."""
-    peft_type = getattr(config, "peft_type", None)
-    return str(getattr(peft_type, "value", peft_type) or "").lower()
-
-
 #: The ten rows with hand-written matrix entries (their reasons are written for people, in verdicts.py). ``options``
 #: is their verification cell's config; ``lora-slices`` is a LoRA layout (:mod:`peft_vision_ext.fused`), not a method.
 CURATED_ROWS: tuple[Row, ...] = (

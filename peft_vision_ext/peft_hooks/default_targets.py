@@ -17,9 +17,9 @@ from ..adalora.allocator import quiet_adalora_rank_pattern
 from ..adalora.init import apply_requested_init
 from ..compat.enforce import enforce_injection
 from ..fused import slices
-from ..matrix.rows import method_name
 from ..patching import HOOK_MARK
 from ..presets import SUPPORTED_METHODS, complete_config
+from ..targets import method_name
 from .heads_to_save import fix_modules_to_save
 from .legacy_adapters import translate_legacy_targets
 

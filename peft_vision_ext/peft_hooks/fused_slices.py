@@ -10,10 +10,11 @@ from typing import Any
 
 from ..fused.slices import SIDECAR, attach_sidecar, write_sidecar
 from ..patching import HOOK_MARK
+from ..targets import method_name
 
 
 def _read_sidecar(config: Any, path_or_repo_id: str, subfolder: str | None, kwargs: dict[str, Any]) -> None:
-    if str(getattr(getattr(config, "peft_type", None), "value", "")) != "LORA":
+    if method_name(config) != "lora":
         return
     folder = os.path.join(path_or_repo_id, subfolder) if subfolder else path_or_repo_id
     path = os.path.join(folder, SIDECAR)

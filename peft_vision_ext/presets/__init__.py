@@ -21,8 +21,8 @@ from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError,
 from ..families import Detection, LayerInfo, Part, Role, VisionFamily, detect_family, families, register_family
 from ..fused.slices import request_preset_slices, use_fused_slices
 from ..layers.kinds import LayerKind
-from ..matrix.rows import method_name
 from ..matrix.verdicts import METHOD_NAMES, Operation, config_class, entry
+from ..targets import method_name
 from ..versions import peft_version
 from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, Preset, method_layer_kinds
 
