@@ -1,8 +1,8 @@
 """The compatibility matrix as data: PEFT method x layer kind -> what training (incl. save/load) and merging do.
 
-Every entry was measured with :mod:`peft_vision_ext.compat.verify` on peft 0.17.1 and 0.21.2 (the two CI lanes);
-the test suite re-runs every cell on both. An entry with ``since`` applies from that PEFT release on (the first
-release where it was verified), the entry without ``since`` before it. ``peft-vision matrix`` renders this
+Every entry was measured with :mod:`peft_vision_ext.compat.verify` on peft 0.17.1, 0.21.2 and 0.22.0 (0.17.1 and
+0.22.0 are the CI lanes; the test suite re-runs every cell on both). An entry with ``since`` applies from that PEFT
+release on (the first release where it was verified), the entry without ``since`` before it. ``peft-vision matrix`` renders this
 module into the README's table; a test keeps the two identical.
 """
 
@@ -136,8 +136,9 @@ _RANK_DIVIDES_GROUPS = Condition(
 
 _LORA_GROUPED_MERGE = _refused("PEFT cannot merge LoRA into grouped convs (NotImplementedError)",
                                "keep the adapter unmerged, or use LoHa/LoKr/IA3, which merge into grouped convs")
-_LORA_DILATED = _refused("PEFT's LoRA conv ignores dilation: its output has the wrong size and the first forward "
-                         "crashes", "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do)")
+_LORA_DILATED = _refused("PEFT's LoRA conv ignores dilation before peft 0.22: its output has the wrong size and the "
+                         "first forward crashes", "upgrade to peft >= 0.22 (its lora_A takes the conv's dilation), or "
+                         "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs; or leave them out (presets do before 0.22)")
 _SLICES = ("this plugin's LoRA on the q/v (or chosen) slices of a fused qkv / kv Linear or an nn.MultiheadAttention, "
            "each slice with its own rank-r factors; saved as PEFT's standard LoRA of the whole layer, so plain PEFT "
            "loads it")
@@ -155,6 +156,7 @@ def _entries() -> list[Entry]:
     add("lora", (*LINEAR_KINDS, K.CONV2D, K.CONV2D_1X1, K.MHA), OK)
     add("lora", (K.CONV2D_GROUPED,), OK, _LORA_GROUPED_MERGE, condition=_RANK_DIVIDES_GROUPS)
     add("lora", (K.CONV2D_DILATED,), _LORA_DILATED)
+    add("lora", (K.CONV2D_DILATED,), OK, since="0.22")
     add("lora", BNB_KINDS, _FLAGS)
 
     # LoRA on the slices of a fused q/k/v layer (peft_vision_ext.fused): a layout, not a PEFT method. Convolutions are
@@ -163,6 +165,7 @@ def _entries() -> list[Entry]:
     add("lora-slices", (K.CONV2D, K.CONV2D_1X1), OK)
     add("lora-slices", (K.CONV2D_GROUPED,), OK, _LORA_GROUPED_MERGE, condition=_RANK_DIVIDES_GROUPS)
     add("lora-slices", (K.CONV2D_DILATED,), _LORA_DILATED)
+    add("lora-slices", (K.CONV2D_DILATED,), OK, since="0.22")
 
     # LoHa / LoKr -----------------------------------------------------------------------------------
     for method in ("loha", "lokr"):
@@ -196,13 +199,22 @@ def _entries() -> list[Entry]:
     # OFT -------------------------------------------------------------------------------------------
     add("oft", (K.LINEAR, K.CONV2D_1X1), OK)
     add("oft", (K.LINEAR_4D,), _refused(
-        "PEFT's OFT reshapes its input as 2-D/3-D: channels-last 4-D input (timm Swin/ConvNeXt MLPs, HF ConvNeXt "
-        "pwconv) crashes at the first forward", "BOFT, LoRA, LoHa or LoKr adapt these layers"))
+        "PEFT's OFT reshapes its input as 2-D/3-D before peft 0.22: channels-last 4-D input (timm Swin/ConvNeXt MLPs, "
+        "HF ConvNeXt pwconv) crashes at the first forward",
+        "upgrade to peft >= 0.22, or BOFT, LoRA, LoHa or LoKr adapt these layers"))
+    add("oft", (K.LINEAR_4D,), OK, since="0.22")
     add("oft", (K.CONV2D, K.CONV2D_GROUPED), _refused(
-        "PEFT's OFT on k x k convs is not an identity at initialisation: the output changes before any training "
-        "(measured: by 4.5 on a unit-scale conv) and merge disagrees with forward",
-        "BOFT for orthogonal fine-tuning of k x k convs (groups == 1), or OFT on 1 x 1 convs only"))
-    add("oft", (K.CONV2D_DILATED,), _refused("PEFT's OFT does not support dilated convs", "LoHa, LoKr, IA3 or AdaLoRA"))
+        "PEFT's OFT on k x k convs is not an identity at initialisation before peft 0.22: the output changes before "
+        "any training (measured: by 4.5 on a unit-scale conv) and merge disagrees with forward",
+        "upgrade to peft >= 0.22 (k x k convs with groups == 1), or BOFT for orthogonal fine-tuning of k x k convs "
+        "(groups == 1), or OFT on 1 x 1 convs only"))
+    add("oft", (K.CONV2D,), OK, since="0.22")
+    add("oft", (K.CONV2D_GROUPED,), _refused(
+        "PEFT's OFT does not support grouped convs from peft 0.22 on (it raises at injection)",
+        "LoHa, LoKr, IA3 or AdaLoRA adapt grouped/depthwise convs"), since="0.22")
+    add("oft", (K.CONV2D_DILATED,), _refused("PEFT's OFT does not support dilated convs before peft 0.22",
+                                             "upgrade to peft >= 0.22, or LoHa, LoKr, IA3 or AdaLoRA"))
+    add("oft", (K.CONV2D_DILATED,), OK, since="0.22")
     add("oft", (K.MHA,), _NO_MHA)
     add("oft", BNB_KINDS, OK, _refused(
         "OFT's merge into bitsandbytes layers gives a model that differs from the adapted one before peft 0.21",
@@ -213,8 +225,10 @@ def _entries() -> list[Entry]:
     add("boft", (*LINEAR_KINDS, K.CONV2D, K.CONV2D_1X1), OK)
     add("boft", (K.CONV2D_GROUPED,), _refused("PEFT's BOFT does not support grouped convs",
                                               "LoHa, LoKr, IA3 or AdaLoRA adapt grouped/depthwise convs"))
-    add("boft", (K.CONV2D_DILATED,), _refused("PEFT's BOFT ignores dilation (crash at the first forward)",
-                                              "LoHa, LoKr, IA3 or AdaLoRA adapt dilated convs"))
+    add("boft", (K.CONV2D_DILATED,), _refused("PEFT's BOFT ignores dilation before peft 0.22 (crash at the first "
+                                              "forward)", "upgrade to peft >= 0.22, or LoHa, LoKr, IA3 or AdaLoRA "
+                                              "adapt dilated convs"))
+    add("boft", (K.CONV2D_DILATED,), OK, since="0.22")
     add("boft", (K.MHA,), _NO_MHA)
     add("boft", BNB_KINDS, _refused("BOFT crashes on bitsandbytes layers before peft 0.21",
                                     "upgrade to peft >= 0.21, or use LoRA on the quantized model"))

@@ -29,8 +29,10 @@ def _install_mha_exact_restore() -> None:
             return original(self, query, *args, **kwargs)
         base = self.get_base_layer()
         out_base = base.out_proj.get_base_layer()
-        # merge() replaces both tensors by merged copies, so the originals stay untouched until we put them back.
-        saved_in, saved_out = base.in_proj_weight.data, out_base.weight.data
+        # merge() replaces in_proj_weight by a merged copy, so the original stays untouched until we put it back. The
+        # out_proj weight is kept as a copy: from peft 0.22 merge() also calls out_proj.merge(), which adds the delta
+        # to that tensor in place before replacing it (a kept reference would then hold W + dW).
+        saved_in, saved_out = base.in_proj_weight.data, out_base.weight.data.clone()
         try:
             return original(self, query, *args, **kwargs)
         finally:
