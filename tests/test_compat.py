@@ -178,7 +178,15 @@ def test_linear_fed_4d_input_is_detected_and_oft_refused_there() -> None:
                             num_labels=3)
     model = ConvNextForImageClassification(config)
     report = check(model, peft.OFTConfig(r=0, oft_block_size=4, target_modules=["pwconv1"]))
-    assert {m.kind for m in report.modules} == {LayerKind.LINEAR_4D} and not report.ok
+    assert {m.kind for m in report.modules} == {LayerKind.LINEAR_4D}
+    from peft_vision_ext.versions import peft_at_least
+
+    if peft_at_least("0.22"):  # PEFT's OFT handles channels-last 4-D input from 0.22 (measured in the grid)
+        assert report.ok
+        adapted = get_peft_model(model, peft.OFTConfig(r=0, oft_block_size=4, target_modules=["pwconv1"]))
+        assert torch.isfinite(adapted(torch.randn(1, 3, 32, 32)).logits).all()
+        return
+    assert not report.ok
     before = _snapshot(model)
     with pytest.raises(UnsupportedCombinationError, match="linear-4d"):
         get_peft_model(model, peft.OFTConfig(r=0, oft_block_size=4, target_modules=["pwconv1"]))
@@ -298,14 +306,23 @@ def test_modules_to_save_suffix_matches_are_warned_about():
         def forward(self, x):
             return self.head(self.conv(x).mean((2, 3)))
 
+    from peft_vision_ext.compat.enforce import WHOLE_NAME_MATCHING, suffix_surprises
+    from peft_vision_ext.versions import peft_at_least
+
+    config = peft.LoraConfig(r=2, target_modules=["conv"], modules_to_save=["head"])
+    if peft_at_least(WHOLE_NAME_MATCHING):  # peft >= 0.22 matches whole path components: nothing to warn about
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*PEFT matches names by string suffix")
+            peft_model = peft.get_peft_model(TwoHeads(), config)
+        wrapped = {n for n, m in peft_model.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"}
+        assert wrapped == {"base_model.model.head"}
+        assert suffix_surprises(TwoHeads(), ["head"]) == {}
+        return
     with pytest.warns(UserWarning, match=r"'head' also matches auxiliary_head \(PEFT matches names by string suffix\)"
                                          r": 10 more parameters"):
-        peft_model = peft.get_peft_model(TwoHeads(), peft.LoraConfig(r=2, target_modules=["conv"],
-                                                                    modules_to_save=["head"]))
+        peft_model = peft.get_peft_model(TwoHeads(), config)
     wrapped = {n for n, m in peft_model.named_modules() if type(m).__name__ == "ModulesToSaveWrapper"}
     assert wrapped == {"base_model.model.head", "base_model.model.auxiliary_head"}  # what the warning says
-    from peft_vision_ext.compat.enforce import suffix_surprises
-
     assert suffix_surprises(TwoHeads(), ["model.head", "conv"]) == {}
 
 
@@ -323,3 +340,43 @@ def test_cli_check_names_preset_refusals_left_out_modules_and_routed_layers(caps
     # timm BEiT: qkv is read by its attention's own F.linear, routed through the adapter
     assert main(["check", "timm:beit_base_patch16_224", "--method", "lora"]) == 0
     assert "routed: blocks.0.attn.qkv" in capsys.readouterr().out
+
+
+def test_a_config_asking_for_a_non_identity_start_is_not_refused_for_changing_the_output():
+    """A cell refused because PEFT's default initialisation changes the output (trainable tokens on a Linear, peft
+    0.21.2) does not refuse a config that asks for exactly that (init_weights=False): it is unverified instead."""
+    from packaging.version import Version
+
+    from peft_vision_ext.matrix.verdicts import for_config
+
+    item = entry("trainable_tokens", LayerKind.LINEAR, Version("0.21.2"))
+    assert item is not None and item.measured.startswith("identity")
+    default = peft.TrainableTokensConfig(target_modules=["layer"], token_indices=[0, 1])
+    asked = peft.TrainableTokensConfig(target_modules=["layer"], token_indices=[0, 1], init_weights=False)
+    assert for_config(item, default)[0].status is Status.REFUSED
+    train, merge = for_config(item, asked)
+    assert train.status is Status.UNVERIFIED and merge.status is Status.UNVERIFIED
+    assert "init_weights=False" in train.reason
+
+
+def test_the_probe_stays_silent_on_models_that_do_not_take_images():
+    """A model that says nothing of images (PEFT's own toy MLPs) gets no "could not run" note; one that declares an
+    image size and still cannot run does."""
+    from torch import nn
+
+    from peft_vision_ext.compat.check import inspect_targets
+
+    class Mlp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin0 = nn.Linear(10, 20)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin0(x)
+
+    class SaysImages(Mlp):
+        image_size = 32  # declares an image input it cannot take
+
+    config = peft.LoraConfig(target_modules=["lin0"])
+    assert not [n for n in inspect_targets(Mlp(), config).notes if "could not run" in n]
+    assert [n for n in inspect_targets(SaysImages(), config).notes if "could not run" in n]

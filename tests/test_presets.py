@@ -1,5 +1,6 @@
 """Vision presets: every registered family resolves a default preset that trains, on both lanes."""
 
+import copy
 import warnings
 
 import peft
@@ -20,6 +21,7 @@ from peft_vision_ext import (
 )
 from peft_vision_ext.families.registry import _FAMILIES
 from peft_vision_ext.presets import PRESETS, SUPPORTED_METHODS, families, resolve_default
+from peft_vision_ext.versions import peft_at_least
 
 CASES = all_models()
 
@@ -103,14 +105,36 @@ def test_preset_config_returns_ready_configs():
         preset_config(model, "lora", "mlp", target_modules=["x"])
 
 
-def test_lora_presets_skip_dilated_convs_that_peft_lora_cannot_run():
-    _, build, _ = CASES["timm-skresnet"]
+def test_lora_presets_skip_dilated_convs_that_peft_lora_cannot_run(tmp_path):
+    """Before peft 0.22 PEFT's LoRA conv ignores dilation (the presets leave those convs out); from 0.22 it passes the
+    conv's dilation to lora_A, and the presets adapt them: merged and reloaded exactly."""
+
+    _, build, shape = CASES["timm-skresnet"]
     model = build()
     dilated = {n for n, m in model.named_modules()
                if isinstance(m, nn.Conv2d) and m.dilation != (1, 1) and m.groups == 1}
     assert dilated
-    assert not dilated & set(resolve_targets(model, "conv", method="lora"))
     assert dilated <= set(resolve_targets(model, "conv", method="adalora"))
+    if not peft_at_least("0.22"):
+        assert not dilated & set(resolve_targets(model, "conv", method="lora"))
+        return
+    assert dilated <= set(resolve_targets(model, "conv", method="lora"))
+    base = copy.deepcopy(model)
+    adapted = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=sorted(dilated)))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)  # as if trained: the merge and the reload have something to carry
+    x = torch.randn(2, *shape)
+    adapted.eval()
+    with torch.no_grad():
+        expected = adapted(x)
+        with adapted.disable_adapter():
+            assert (expected - adapted(x)).abs().max() > 1e-4  # the adapters on the dilated convs act
+        adapted.save_pretrained(tmp_path)
+        reloaded = peft.PeftModel.from_pretrained(base, tmp_path).eval()
+        torch.testing.assert_close(reloaded(x), expected)
+        torch.testing.assert_close(adapted.merge_and_unload()(x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_transformers_presets_follow_the_installed_generation():

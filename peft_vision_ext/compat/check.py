@@ -19,15 +19,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..card_facts import PRESET_ATTRIBUTE
+from ..card_facts import PRESET_ATTRIBUTE, is_vision_model
 from ..errors import UnsupportedCombinationError, name_list
 from ..families import detect_family
 from ..fused.slices import fused_plans, prepare
-from ..layers.kinds import LayerKind, layer_kind
+from ..layers.kinds import QUANTIZED_KINDS, LayerKind, layer_kind
 from ..layers.kinds import base_layer as _base_layer
-from ..layers.probe import Observation, observe
-from ..matrix.verdicts import ADVICE, KINDS, METHOD_NAMES, Entry, Operation, Status, Verdict, config_rows, entry, title
+from ..layers.probe import Observation, observe, takes_images
+from ..matrix.verdicts import (
+    ADVICE,
+    KINDS,
+    METHOD_NAMES,
+    Entry,
+    Operation,
+    Status,
+    Verdict,
+    config_rows,
+    entry,
+    for_config,
+    title,
+)
 from ..module_refs import list_held_modules
+from ..patching import SKIPPED
 from ..presets import complete_config, dropped
 from ..routing import ROUTABLE_METHODS, routable
 from ..targets import method_name, targeted_modules
@@ -195,7 +208,7 @@ def _family_kind(model: nn.Module) -> str | None:
 
 
 def _advice(method: str, model: nn.Module, kinds: set[LayerKind]) -> list[str]:
-    quantized = bool(kinds & {LayerKind.BNB_8BIT, LayerKind.BNB_4BIT})
+    quantized = bool(kinds & set(QUANTIZED_KINDS))
     wanted = any(a.when == "transformer" and method in a.methods for a in ADVICE)
     family_kind = _family_kind(model) if wanted else None  # detection walks the model: only when it matters
     conditions = {"always": True, "quantized": quantized, "transformer": family_kind == "transformer"}
@@ -207,7 +220,7 @@ def _verdicts(item: Entry | None, module: nn.Module, config: Any, path: str) -> 
         return _UNVERIFIED, _UNVERIFIED
     if item.condition is not None and not item.condition.holds(module, _rank_for(config, path)):
         return item.condition_verdict, item.condition_verdict
-    return item.train, item.merge
+    return for_config(item, config)
 
 
 def row_verdicts(method: str, config: Any, kind: LayerKind, module: nn.Module, path: str,
@@ -244,6 +257,17 @@ def _never_called(parent: str) -> Verdict:
         "e.g. the MLP (preset 'mlp')")
 
 
+#: The hook that routes F.linear calls through the adapters (peft_hooks.weight_routing).
+ROUTING_HOOK = "direct-weight-routing"
+
+
+def _routing_skipped(parent: str, reason: str) -> Verdict:
+    return Verdict(Status.REFUSED, f"{parent} computes F.linear(x, layer.weight, ...) instead of calling the layer, "
+                   f"and the plugin's hook {ROUTING_HOOK!r} that routes that call through the adapter was skipped "
+                   f"({reason}): the adapter would never act", "leave these layers out (preset 'mlp'), or a PEFT "
+                   "release this peft-vision-ext supports")
+
+
 def _not_routable(method: str, parent: str) -> Verdict:
     routable = ", ".join(METHOD_NAMES[m] for m in METHOD_NAMES if m in ROUTABLE_METHODS)
     return Verdict(Status.REFUSED, f"{parent} computes F.linear(x, layer.weight, its own bias) instead of calling the "
@@ -261,7 +285,7 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
     targets = [(path, _base_layer(module)) for path, module in targeted_modules(model, config)]
     notes = []
     observation = observe(model, [path for path, _ in targets]) if targets else Observation(False)
-    if targets and not observation.ran:
+    if targets and not observation.ran and (takes_images(model) or is_vision_model(model)):  # else nothing to say
         notes.append(f"could not run {type(model).__name__} on an example input: whether its forward calls every "
                      "targeted module (and which Linear layers get 4-D input) was not checked")
     never_called = set(observation.never_called([path for path, _ in targets]))
@@ -282,6 +306,8 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
         elif routed and not routable(config):
             label = "DoRA" if getattr(config, "use_dora", False) else METHOD_NAMES.get(method, method)
             train = merge = _not_routable(label, observation.weight_reads[path])
+        elif routed and ROUTING_HOOK in SKIPPED:
+            train = merge = _routing_skipped(observation.weight_reads[path], SKIPPED[ROUTING_HOOK].reason)
         modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module), routed=routed))
     unverified = [m for m in modules if m.train.status is Status.UNVERIFIED]
     if modules and len(unverified) == len(modules) and all(entry(row, k, version) is None
@@ -312,7 +338,7 @@ def _stand_in(module: nn.Module, kind: LayerKind) -> nn.Module | None:
     """A fresh layer of the same shape (uninitialised memory; not on the meta device, where PEFT's moves would
     reset requires_grad flags)."""
     skip_init = torch.nn.utils.skip_init
-    if kind in (LayerKind.LINEAR, LayerKind.LINEAR_4D, LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
+    if kind in (LayerKind.LINEAR, LayerKind.LINEAR_4D, *QUANTIZED_KINDS):
         if isinstance(module, nn.Linear) or kind.value.startswith("bnb"):
             return skip_init(nn.Linear, module.in_features, module.out_features, bias=module.bias is not None)
         return None  # transformers Conv1D: not stood in for

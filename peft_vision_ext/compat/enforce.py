@@ -15,10 +15,12 @@ from ..layers.cpu_packing import keep_unpacked
 from ..layers.kinds import CONTAINERS, LayerKind, base_layer, layer_kind
 from ..matrix.verdicts import Operation
 from ..routing import ROUTED_ATTRIBUTE
-from ..versions import peft_version
+from ..versions import peft_at_least, peft_version
 from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name, row_verdicts
 
 logger = logging.getLogger("peft_vision_ext")
+#: The first PEFT release that matches modules_to_save by whole path components (peft.utils.other._is_valid_match).
+WHOLE_NAME_MATCHING = "0.22"
 _warned: set[str] = set()
 _last = threading.local()
 
@@ -32,8 +34,8 @@ def _warn_once(text: str) -> None:
 def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
     # PEFT chooses its bitsandbytes-aware layers only when the model says it is quantized (transformers sets these
     # flags; timm/torchvision models quantized by hand do not have them). Set only when a target needs it.
-    for kind, flag in ((LayerKind.BNB_4BIT, "is_loaded_in_4bit"), (LayerKind.BNB_8BIT, "is_loaded_in_8bit")):
-        if kind in kinds and not getattr(model, flag, False):
+    for bits, flag in ((4, "is_loaded_in_4bit"), (8, "is_loaded_in_8bit")):
+        if any(kind.bits == bits for kind in kinds) and not getattr(model, flag, False):
             try:
                 setattr(model, flag, True)
             except AttributeError:  # a read-only property: the library that quantized it manages the flag
@@ -45,11 +47,14 @@ def _mark_quantized(model: nn.Module, kinds: set[LayerKind]) -> None:
 def suffix_surprises(model: nn.Module, modules_to_save: list[str] | None) -> dict[str, list[str]]:
     """modules_to_save entry -> modules PEFT also wraps because it matches names by plain string suffix.
 
-    PEFT trains in full every module whose path ends with an entry: ``head`` also catches ``auxiliary_head`` and
-    ``decode_head``, ``classifier`` also ``aux_classifier``. Whole-name matches (``x.head``) are what users mean.
+    Before peft 0.22, PEFT trains in full every module whose path ends with an entry: ``head`` also catches
+    ``auxiliary_head`` and ``decode_head``, ``classifier`` also ``aux_classifier``. Whole-name matches (``x.head``) are
+    what users mean, and what peft >= 0.22 matches (empty there).
     """
     surprises: dict[str, list[str]] = {}
     keys = list(modules_to_save or [])
+    if peft_at_least(WHOLE_NAME_MATCHING):  # PEFT matches whole path components: no surprise is possible
+        return surprises
 
     def meant(name: str) -> bool:  # a whole-name match of some entry (torchvision FCN lists classifier.4 and
         return any(name == k or name.endswith("." + k) for k in keys)  # aux_classifier.4: no surprise)

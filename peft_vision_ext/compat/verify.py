@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..fused import use_fused_slices
-from ..layers.kinds import LayerKind
+from ..layers.kinds import QUANTIZED_KINDS, LayerKind
 from ..matrix.rows import CURATED_BY_NAME, row_for
 from ..quantization.bnb_layers import quantized_linear
 
@@ -65,7 +65,7 @@ class _Cell(nn.Module):
 
 
 def _quantized_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: LayerKind) -> nn.Module:
-    return quantized_linear(weight, bias, 4 if kind is LayerKind.BNB_4BIT else 8, int8_threshold=0.0)
+    return quantized_linear(weight, bias, kind.bits, int8_threshold=0.0)
 
 
 def tiny_layer(kind: LayerKind, seed: int = 0, fused: bool = False) -> nn.Module:
@@ -74,7 +74,7 @@ def tiny_layer(kind: LayerKind, seed: int = 0, fused: bool = False) -> nn.Module
     out_features = 3 * FEATURES if fused else FEATURES
     if kind in (LayerKind.LINEAR, LayerKind.LINEAR_4D):
         return nn.Linear(FEATURES, out_features)
-    if kind in (LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
+    if kind in QUANTIZED_KINDS:
         fp = nn.Linear(FEATURES, out_features)
         return _quantized_linear(fp.weight, fp.bias, kind)
     if kind is LayerKind.CONV2D:
@@ -104,7 +104,8 @@ def tiny_model(kind: LayerKind, seed: int = 0, method: str | None = None) -> nn.
     return _Cell(tiny_layer(kind, seed, fused), kind, fused).eval()
 
 
-_INPUT_SHAPES = {LayerKind.LINEAR_4D: (2, 3, 3, FEATURES), LayerKind.CONV1D: (2, CHANNELS, 10),
+_INPUT_SHAPES = {LayerKind.LINEAR_4D: (2, 3, 3, FEATURES), LayerKind.BNB_4BIT_4D: (2, 3, 3, FEATURES),
+                 LayerKind.CONV1D: (2, CHANNELS, 10),
                  LayerKind.CONV3D: (2, CHANNELS, 4, 6, 6), LayerKind.CONV_TRANSPOSE2D: (2, CHANNELS, 6, 6)}
 
 
@@ -240,7 +241,7 @@ def _identity_tolerance(model: _Cell, x: torch.Tensor) -> float:
     """fp32: rounding. bitsandbytes: twice the error of the quantized forward itself (against its dequantized
     weight; 8-bit layers also quantize activations), since a wrapper may compute the layer from the dequantized
     weight, or re-quantize a rewritten one (PiSSA / OLoRA)."""
-    if model.kind not in (LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
+    if model.kind not in QUANTIZED_KINDS:
         return FP32_TOLERANCE
     twin = _dequantized_twin(model.target)  # read the weight before the quantized forward (it may repack it)
     with torch.no_grad():
@@ -251,7 +252,7 @@ def _merge_tolerance(run_kind: LayerKind, method: str, adapted: nn.Module, x: to
     """fp32: rounding. bitsandbytes: twice the error of re-quantizing the exactly merged weight plus the error of
     the quantized forward itself (8-bit layers also quantize activations); a merge that loses the adapter is far
     outside it."""
-    if run_kind not in (LayerKind.BNB_8BIT, LayerKind.BNB_4BIT):
+    if run_kind not in QUANTIZED_KINDS:
         with torch.no_grad():  # rounding grows with the output's scale (RandLoRA's default scaling is large)
             return FP32_TOLERANCE * max(1.0, adapted(x).abs().max().item())
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict

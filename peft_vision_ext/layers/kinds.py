@@ -21,6 +21,10 @@ class LayerKind(str, Enum):
     MHA = "mha"  # torch.nn.MultiheadAttention (torchvision ViT)
     BNB_8BIT = "bnb-8bit"  # bitsandbytes Linear8bitLt
     BNB_4BIT = "bnb-4bit"  # bitsandbytes Linear4bit (nf4 / fp4)
+    # A Linear4bit fed channels-last 4-D input (quantized Swin / ConvNeXt MLPs). Int8 layers have no 4-D kind:
+    # bitsandbytes' int8 matmul cannot compute channels-last 4-D input (quantize() keeps those layers in full
+    # precision), so there is no working base layer to adapt.
+    BNB_4BIT_4D = "bnb-4bit-4d"
     CONV1D = "conv1d"  # nn.Conv1d (audio / sequence stems)
     CONV3D = "conv3d"  # nn.Conv3d (video tubelet patch embeddings)
     CONV_TRANSPOSE2D = "conv-transpose2d"  # nn.ConvTranspose2d (mask heads, segmentation decoders)
@@ -34,6 +38,11 @@ class LayerKind(str, Enum):
     def description(self) -> str:
         return _DESCRIPTIONS[self]
 
+    @property
+    def bits(self) -> int | None:
+        """4 or 8 for bitsandbytes kinds, else None."""
+        return {"bnb-4bit": 4, "bnb-8bit": 8}.get(self.value.removesuffix("-4d"))
+
 
 _DESCRIPTIONS = {
     LayerKind.LINEAR: "nn.Linear (and transformers Conv1D)",
@@ -45,6 +54,7 @@ _DESCRIPTIONS = {
     LayerKind.MHA: "nn.MultiheadAttention",
     LayerKind.BNB_8BIT: "bitsandbytes Linear8bitLt (int8)",
     LayerKind.BNB_4BIT: "bitsandbytes Linear4bit (nf4 / fp4)",
+    LayerKind.BNB_4BIT_4D: "bitsandbytes Linear4bit applied to channels-last 4-D input",
     LayerKind.CONV1D: "nn.Conv1d",
     LayerKind.CONV3D: "nn.Conv3d (video patch embeddings)",
     LayerKind.CONV_TRANSPOSE2D: "nn.ConvTranspose2d (mask heads, decoders)",
@@ -79,7 +89,7 @@ def layer_kind(module: nn.Module, input_ndim: int | None = None) -> LayerKind:
     """The matrix row of ``module``. ``input_ndim`` (seen in a forward pass) tells 4-D-fed Linears apart."""
     quantized = _bnb_kind(module)
     if quantized is not None:
-        return quantized
+        return _FOUR_D.get(quantized, quantized) if input_ndim == 4 else quantized
     if isinstance(module, nn.MultiheadAttention):
         return LayerKind.MHA
     if is_linear(module):
@@ -97,5 +107,8 @@ def layer_kind(module: nn.Module, input_ndim: int | None = None) -> LayerKind:
     return LayerKind.OTHER
 
 
+_FOUR_D = {LayerKind.BNB_4BIT: LayerKind.BNB_4BIT_4D}
+#: Every bitsandbytes kind (layer_kind tells the 4-D-fed one apart only when given the input's dimensions).
+QUANTIZED_KINDS = (LayerKind.BNB_8BIT, LayerKind.BNB_4BIT, LayerKind.BNB_4BIT_4D)
 _OTHER_LAYERS = ((nn.Conv1d, LayerKind.CONV1D), (nn.Conv3d, LayerKind.CONV3D),
                  (nn.ConvTranspose2d, LayerKind.CONV_TRANSPOSE2D), (nn.Embedding, LayerKind.EMBEDDING))

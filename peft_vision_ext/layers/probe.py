@@ -57,6 +57,13 @@ def _own_sizes(model: nn.Module) -> list[tuple[int, int, int]]:
     return sizes
 
 
+def takes_images(model: nn.Module) -> bool:
+    """Whether ``model`` says it takes images: it (or a module inside it) declares an input size, or it defines
+    ``example_input()``. A model that says neither may not be a vision model at all (a text model, a toy MLP): that
+    the probe could not run it then tells nothing."""
+    return callable(getattr(model, "example_input", None)) or any(_own_sizes(module) for module in model.modules())
+
+
 Example = torch.Tensor | dict[str, torch.Tensor]
 
 

@@ -100,6 +100,7 @@ OTHER_METHODS: tuple[Row, ...] = (
     _row("ln_tuning", "LN tuning", "LNTuningConfig"),
     _row("miss", "MiSS", "MissConfig", r=4),
     _row("osf", "OSF", "OSFConfig"),
+    _row("paca", "PaCA", "PacaConfig", r=4),  # peft >= 0.22
     _row("peanut", "PEANuT", "PeanutConfig", r=4),
     _row("psoft", "PSOFT", "PsoftConfig", r=4),
     _row("pvera", "PVeRA", "PveraConfig", r=4),

@@ -2,12 +2,13 @@
 
 Every entry was measured with :mod:`peft_vision_ext.compat.verify` on peft 0.17.1, 0.21.2 and 0.22.0 (0.17.1 and
 0.22.0 are the CI lanes; the test suite re-runs every cell on both). An entry with ``since`` applies from that PEFT
-release on (the first release where it was verified), the entry without ``since`` before it. ``peft-vision matrix`` renders this
-module into the README's table; a test keeps the two identical.
+release on (the first release where it was verified), the entry without ``since`` before it. ``peft-vision matrix``
+renders this module into the README's table; a test keeps the two identical.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -16,6 +17,7 @@ from typing import Any
 from packaging.version import Version
 
 from ..layers.kinds import LayerKind
+from ..patching import skipped_hook_for
 from . import grid
 from .rows import CURATED_BY_NAME, CURATED_ROWS, LORA_VARIANTS, OTHER_METHODS, ROWS
 
@@ -293,9 +295,9 @@ def _alternatives(row: str, kind: LayerKind, since: str | None, results: dict[st
     if _is_lora_variant(row) and "LoRA" in names:
         plain = {"lora-dora": "LoRA without DoRA", "lora-rslora": "LoRA without rsLoRA"}.get(
             row, "LoRA with its default initialisation")
-        if row in _RESIDUAL_ROWS and kind in (LayerKind.BNB_4BIT, LayerKind.BNB_8BIT):
+        if row in _RESIDUAL_ROWS and kind.bits is not None:
             plain = (f"peft_vision_ext.get_quantized_peft_model(<the full-precision model>, config, bits="
-                     f"{4 if kind is LayerKind.BNB_4BIT else 8}) (this init on full precision, then its residual "
+                     f"{kind.bits}) (this init on full precision, then its residual "
                      f"quantized: Q{title(row).rpartition(' ')[2]}); or {plain}")
         return plain + "".join(f", {name}" for name in names if name != "LoRA")
     if names:
@@ -378,9 +380,40 @@ ADVICE: tuple[Advice, ...] = (
 )
 
 
+#: Config fields by which a user asks PEFT for a non-identity (random) start instead of its default initialisation.
+INIT_FIELDS = ("init_weights", "init_lora_weights", "init_ia3_weights")
+_ASKED_FOR_CHANGE = Verdict(Status.UNVERIFIED, "measured as changing the output at initialisation under PEFT's "
+                            "default initialisation; this config asks for a non-identity start (init_weights=False), "
+                            "so that refusal does not apply, and the stages after it were not measured")
+
+
+def asks_for_non_identity_init(config: Any) -> bool:
+    """Whether ``config`` turns PEFT's identity initialisation off (``init_weights=False`` and the like)."""
+    return any(getattr(config, name, True) is False for name in INIT_FIELDS)
+
+
+def for_config(item: Entry, config: Any) -> tuple[Verdict, Verdict]:
+    """(train, merge) of a measured entry for ``config``: a cell refused only because PEFT's default initialisation
+    changes the output is not refused for a config that asks for a non-identity start (it is unverified)."""
+    if item.measured and grid.stage(item.measured) == "identity" and asks_for_non_identity_init(config):
+        return _ASKED_FOR_CHANGE, _ASKED_FOR_CHANGE
+    return item.train, item.merge
+
+
 def entry(method: str, kind: LayerKind, peft_version: Version) -> Entry | None:
-    """The entry in force for ``method`` (a row) on ``kind`` under ``peft_version`` (None: not covered)."""
-    return _entry_in(all_entries(), method, kind, peft_version)
+    """The entry in force for ``method`` (a row) on ``kind`` under ``peft_version`` (None: not covered). A cell that
+    works only through a plugin hook the installed PEFT made the plugin skip is refused (see
+    :func:`peft_vision_ext.peft_hooks.install`)."""
+    found = _entry_in(all_entries(), method, kind, peft_version)
+    skipped = skipped_hook_for(method, kind.value)
+    if skipped is None:
+        return found
+    name, record = skipped
+    refusal = _refused(f"the plugin's hook {name!r}, which this needs, was skipped ({record.reason})",
+                       "a peft-vision-ext release that supports this PEFT release, or a PEFT release this one "
+                       "supports (pyproject.toml's range)")
+    return dataclasses.replace(found or Entry(method, kind, OK, OK), train=refusal, merge=refusal, condition=None,
+                               measured="")
 
 
 def config_rows(method: str, config: Any) -> list[str]:

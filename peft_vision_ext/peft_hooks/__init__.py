@@ -14,13 +14,14 @@ adapter, a conv layer PEFT lacks or gets wrong, a missed AdaLoRA allocation).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from packaging.version import Version
 
 from ..adalora.allocator import adalora_budget, load_rank_allocator_state, rank_allocator_state, set_adalora_total_step
-from ..patching import ORIGINALS
+from ..patching import ORIGINALS, SKIPPED, SkippedHook, Wrapped
 from ..quantization.bnb_patches import install_buffered_forward, install_cpu_packing, patch_bitsandbytes
 from ..versions import peft_version
 from .adalora_conv import _install_adalora_conv
@@ -68,9 +69,19 @@ class Hook:
     min_peft: Version
     max_peft: Version | None  # exclusive; None = every newer release
     install: Callable[[], None]
+    #: the third-party attributes it replaces or relies on: one missing (or with another signature) skips the hook
+    wraps: tuple[Wrapped, ...] = ()
+    #: the matrix cells (row, layer kinds; "*": every kind) that only work with it: refused while it is skipped
+    refuses: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: checked against the newest supported PEFT release (0.22.0): still needed, and why
+    audit: str = ""
 
     def applies(self, version: Version) -> bool:
         return version >= self.min_peft and (self.max_peft is None or version < self.max_peft)
+
+    def problems(self) -> list[str]:
+        """What the installed libraries lack of what this hook wraps (empty: it can be installed)."""
+        return [problem for wrapped in self.wraps if (problem := wrapped.problem()) is not None]
 
 
 HOOKS: tuple[Hook, ...] = (
@@ -83,6 +94,16 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_rewriting_inits,
+        wraps=(
+            Wrapped("peft.tuners.tuners_utils:BaseTuner.inject_adapter", ("model", "adapter_name")),
+            Wrapped("peft:PeftModel.save_pretrained", ("save_directory",)),
+            Wrapped("peft:PeftModel.load_adapter", ("model_id", "adapter_name")),
+            Wrapped("peft.tuners.lora.model:LoraModel.subtract_mutated_init"),
+        ),
+        refuses=(("lora-pissa", ("*",)), ("lora-olora", ("*",)), ("lora-corda", ("*",)), ("lora-loftq", ("*",))),
+        audit="still needed on 0.22: its subtract_mutated_init still returns only the converted lora_A/lora_B (the "
+              "trained heads and DoRA magnitudes are dropped) and needs path_initial_model_for_weight_conversion from "
+              "the user",
     ),
     Hook(
         name="vision-default-targets",
@@ -90,6 +111,14 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_default_targets,
+        wraps=(
+            Wrapped("peft.tuners.tuners_utils:BaseTuner.inject_adapter", ("model", "adapter_name")),
+            Wrapped("peft.tuners.tuners_utils:BaseTuner._prepare_adapter_config"),
+            Wrapped("peft.tuners.tuners_utils:check_target_module_exists"),
+        ),
+        refuses=(("lora-slices", ("*",)),),
+        audit="still needed on 0.22: PEFT's default target tables are keyed by transformers model_type, with no "
+              "timm/torchvision entries",
     ),
     Hook(
         name="transformers4-adapters",
@@ -97,6 +126,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_legacy_state_dict_translation,
+        wraps=(Wrapped("peft.peft_model:set_peft_model_state_dict", ("model", "peft_model_state_dict")),),
+        audit="still needed on 0.22: transformers 5 renamed ViT-style modules, PEFT does not translate saved adapters",
     ),
     Hook(
         name="adalora-conv2d",
@@ -104,6 +135,12 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_adalora_conv,
+        wraps=(
+            Wrapped("peft.tuners.adalora.model:AdaLoraModel._create_new_module",
+                    ("lora_config", "adapter_name", "target")),
+        ),
+        refuses=(("adalora", ("conv2d", "conv2d-1x1", "conv2d-grouped", "conv2d-dilated")),),
+        audit="still needed on 0.22: its AdaLoRA conv raises on groups > 1 (depthwise convs)",
     ),
     Hook(
         name="adalora-sharded-allocation",
@@ -112,6 +149,12 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_adalora_sharded_allocation,
+        wraps=(
+            Wrapped("peft.tuners.adalora.layer:RankAllocator.update_ipt", ("model",)),
+            Wrapped("peft.tuners.adalora.layer:RankAllocator.mask_to_budget", ("model",)),
+            Wrapped("peft.tuners.adalora.layer:RankAllocator.mask_using_rank_pattern", ("model",)),
+        ),
+        audit="still needed on 0.22: mask_to_budget still calls .tolist() on the (sharded) scores",
     ),
     Hook(
         name="adalora-trainer-warning",
@@ -119,6 +162,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_adalora_trainer_warning,
+        wraps=(Wrapped("peft:PeftModel.forward"),),
+        audit="still needed on 0.22: Trainer never calls update_and_allocate",
     ),
     Hook(
         name="matrix-guards",
@@ -126,6 +171,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_matrix_merge,
+        wraps=(Wrapped("peft.tuners.tuners_utils:BaseTuner.merge_adapter"),),
+        audit="still needed on 0.22: the grid measures crashes and wrong merges PEFT does not refuse",
     ),
     Hook(
         name="conv-wrapper-attributes",
@@ -133,6 +180,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_conv_attributes,
+        wraps=(Wrapped("peft.tuners.lora.layer:_ConvNd"),),
+        audit="still needed on 0.22: its conv wrappers still do not expose stride/padding/kernel_size",
     ),
     Hook(
         name="vision-model-card",
@@ -140,6 +189,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_vision_model_card,
+        wraps=(Wrapped("peft:PeftModel.create_or_update_model_card", ("output_dir",)),),
+        audit="still needed on 0.22: its card knows nothing of timm/torchvision bases",
     ),
     Hook(
         name="direct-weight-routing",
@@ -147,6 +198,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_weight_routing,
+        wraps=(Wrapped("peft.tuners.tuners_utils:BaseTuner.inject_adapter", ("model", "adapter_name")),),
+        audit="still needed on 0.22: timm/torchvision attention still computes F.linear with the layer's weight",
     ),
     Hook(
         name="bnb-cpu-packing",
@@ -154,6 +207,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=install_cpu_packing,
+        wraps=(Wrapped("bitsandbytes.nn:Linear4bit.__init__", when_imported=True),),
+        audit="patches bitsandbytes, not PEFT: independent of the PEFT release",
     ),
     Hook(
         name="bnb-buffered-4bit-forward",
@@ -162,6 +217,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=install_buffered_forward,
+        wraps=(Wrapped("bitsandbytes.nn:Linear4bit.forward", when_imported=True),),
+        audit="patches bitsandbytes, not PEFT: independent of the PEFT release",
     ),
     Hook(
         name="fused-qkv-slices",
@@ -170,6 +227,12 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_fused_slices,
+        wraps=(
+            Wrapped("peft:PeftModel.save_pretrained", ("save_directory",)),
+            Wrapped("peft.config:PeftConfigMixin.from_pretrained"),
+        ),
+        refuses=(("lora-slices", ("*",)),),
+        audit="still needed on 0.22: the slice layout is this plugin's",
     ),
     Hook(
         name="mha-exact-restore",
@@ -178,6 +241,10 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_mha_exact_restore,
+        wraps=(Wrapped("peft.tuners.lora.layer:MultiheadAttention.forward", ("query",)),),
+        refuses=(("lora", ("mha",)), ("lora-slices", ("mha",))),
+        audit="still needed on 0.22: its forward still merges and unmerges (W + dW - dW rounds the base); 0.22 merges "
+              "out_proj in place, which the hook now copies",
     ),
     Hook(
         name="modules-to-save-keyword-calls",
@@ -186,14 +253,20 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,  # installs only where the wrapper's forward has a positional x
         max_peft=None,
         install=_install_modules_to_save_keyword_calls,
+        wraps=(Wrapped("peft.utils.other:ModulesToSaveWrapper.forward"),),
+        audit="installs only where the wrapper's forward takes a positional x (0.17); 0.22's takes *args, **kwargs: "
+              "not installed there",
     ),
     Hook(
         name="modules-to-save-containers",
         why="PEFT matches modules_to_save by string suffix: head `class_embed` also hit the ModuleList "
-            "`enc_out_class_embed` (LW-DETR/RF-DETR), which it cannot wrap: get_peft_model and reload crashed",
+            "`enc_out_class_embed` (LW-DETR/RF-DETR), which it cannot wrap: get_peft_model and reload crashed. "
+            "peft 0.22 matches whole path components (_is_valid_match): not needed there",
         min_peft=MIN_PEFT,
-        max_peft=None,
+        max_peft=Version("0.22"),
         install=_install_modules_to_save_containers,
+        wraps=(Wrapped("peft.utils.other:_set_trainable", ("model", "adapter_name", "module_names")),),
+        audit="gated off from 0.22: _set_trainable matches whole path components there (_is_valid_match)",
     ),
     Hook(
         name="tied-weights-without-embeddings",
@@ -202,6 +275,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,  # installs only where PEFT has _get_module_names_tied_with_embedding
         max_peft=None,
         install=_install_tied_weights_without_embeddings,
+        audit="installs only where PEFT has _get_module_names_tied_with_embedding (0.22 has it): still needed, "
+              "detection transformers tie heads without input embeddings",
     ),
     Hook(
         name="fsdp1-adapter-keys",
@@ -210,6 +285,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,  # installs only where PEFT selects by module names (_get_tuner_state_dict_key_prefixes)
         max_peft=None,
         install=_install_fsdp1_adapter_keys,
+        audit="installs only where PEFT selects adapter keys by module names (_get_tuner_state_dict_key_prefixes, 0.22"
+              " has it): still needed for FSDP1 state dicts",
     ),
     Hook(  # after fused-qkv-slices: both wrap PeftModel.save_pretrained, this one outside
         name="sharded-save",
@@ -218,6 +295,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,
         max_peft=None,
         install=_install_sharded_save,
+        wraps=(Wrapped("peft:PeftModel.save_pretrained", ("save_directory",)),),
+        audit="still needed on 0.22: save_pretrained of a sharded model still saves the local shards",
     ),
 )
 
@@ -225,15 +304,39 @@ _installed: list[str] = []
 
 
 def install() -> list[str]:
-    """Install every hook that applies to the installed PEFT. Idempotent. Returns the active hook names."""
+    """Install every hook that applies to the installed PEFT. Idempotent. Returns the active hook names.
+
+    Fails soft: a hook whose wrapped attributes the installed PEFT lacks (a newer release renamed one) or whose
+    installation raises is skipped with one warning naming it and the PEFT version, and recorded in
+    :data:`peft_vision_ext.patching.SKIPPED`; the compatibility matrix then refuses the features it provided. Plain
+    PEFT keeps working: nothing of a skipped hook is patched.
+    """
     version = peft_version()
     if version < MIN_PEFT:
         raise ImportError(f"peft-vision-ext needs peft >= {MIN_PEFT} (register_peft_method); found {version}.")
     for hook in HOOKS:
-        if hook.name not in _installed and hook.applies(version):
-            hook.install()
-            _installed.append(hook.name)
+        if hook.name in _installed or hook.name in SKIPPED or not hook.applies(version):
+            continue
+        problems = hook.problems()
+        if not problems:
+            try:
+                hook.install()
+            except Exception as error:  # noqa: BLE001 - a PEFT internal changed shape: skip the hook, keep PEFT
+                problems = [f"installing it raised {type(error).__name__}: {error}"]
+        if problems:
+            _skip(hook, f"peft {version}: {'; '.join(problems)}")
+            continue
+        _installed.append(hook.name)
     return list(_installed)
+
+
+def _skip(hook: Hook, reason: str) -> None:
+    SKIPPED[hook.name] = SkippedHook(reason, hook.refuses)
+    refused = "; ".join(f"{row} on {', '.join(kinds) if '*' not in kinds else 'every layer kind'}"
+                        for row, kinds in hook.refuses)
+    warnings.warn(f"peft-vision-ext: hook {hook.name!r} skipped ({reason}). It provides: {hook.why}. "
+                  + (f"Refused until a peft-vision-ext release supports this PEFT: {refused}. " if refused else "")
+                  + "Everything else works; plain PEFT is unchanged.", UserWarning, stacklevel=3)
 
 
 def active_hooks() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..adalora.layer import AdaLoraConv2d
+
 _CONV_ATTRIBUTES = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                     "padding_mode")
 
@@ -12,12 +14,11 @@ def _conv_wrapper_classes() -> list[type]:
     classes = []
     for module_name, class_name in (("peft.tuners.lora.layer", "_ConvNd"), ("peft.tuners.loha.layer", "Conv2d"),
                                     ("peft.tuners.lokr.layer", "Conv2d"), ("peft.tuners.ia3.layer", "Conv2d"),
-                                    ("peft.tuners.adalora.layer", "SVDConv2d"),
-                                    ("peft_vision_ext.adalora.layer", "AdaLoraConv2d")):
+                                    ("peft.tuners.adalora.layer", "SVDConv2d")):
         cls = getattr(importlib.import_module(module_name), class_name, None)
         if cls is not None:
             classes.append(cls)
-    return classes
+    return [*classes, AdaLoraConv2d]
 
 
 def _install_conv_attributes() -> None:
