@@ -125,7 +125,7 @@ def test_lora_presets_skip_dilated_convs_that_peft_lora_cannot_run(tmp_path):
         for name, parameter in adapted.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)  # as if trained: the merge and the reload have something to carry
-    x = torch.randn(2, *shape)
+    x = torch.randn(shape)
     adapted.eval()
     with torch.no_grad():
         expected = adapted(x)
