@@ -275,8 +275,8 @@ HOOKS: tuple[Hook, ...] = (
         min_peft=MIN_PEFT,  # installs only where PEFT has _get_module_names_tied_with_embedding
         max_peft=None,
         install=_install_tied_weights_without_embeddings,
-        audit="installs only where PEFT has _get_module_names_tied_with_embedding (0.22 has it): still needed, "
-              "detection transformers tie heads without input embeddings",
+        audit="installs only where PEFT has _get_module_names_tied_with_embedding (0.22 has it, still asking tied "
+              "models for input embeddings); kept on 0.22, where the suite passes with it; not measured without it",
     ),
     Hook(
         name="fsdp1-adapter-keys",
@@ -286,7 +286,7 @@ HOOKS: tuple[Hook, ...] = (
         max_peft=None,
         install=_install_fsdp1_adapter_keys,
         audit="installs only where PEFT selects adapter keys by module names (_get_tuner_state_dict_key_prefixes, 0.22"
-              " has it): still needed for FSDP1 state dicts",
+              " has it); kept on 0.22, where the FSDP1 save test passes with it; not measured without it",
     ),
     Hook(  # after fused-qkv-slices: both wrap PeftModel.save_pretrained, this one outside
         name="sharded-save",
@@ -296,7 +296,9 @@ HOOKS: tuple[Hook, ...] = (
         max_peft=None,
         install=_install_sharded_save,
         wraps=(Wrapped("peft:PeftModel.save_pretrained", ("save_directory",)),),
-        audit="still needed on 0.22: save_pretrained of a sharded model still saves the local shards",
+        audit="kept on 0.22 for the card (reading a sharded base's tensors on one process still hangs); 0.22's "
+              "get_peft_model_state_dict gathers DTensors when every process calls it, so the refusal without a "
+              "state dict may be relaxable there: not measured",
     ),
 )
 
