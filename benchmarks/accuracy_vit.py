@@ -29,13 +29,19 @@ VARIANTS = {  # name -> (PEFT method or None, bits or None, learning rate)
     "4-bit LoRA": ("lora", 4, 3e-3),
 }
 IMAGE = 32
+# Small backbones with fused q/k/v projections (timm ``attn.qkv``), trained from scratch on 32 px digits
+BACKBONES = {
+    "vit": dict(model_name="vit_tiny_patch16_224", patch_size=4, embed_dim=96, depth=4, num_heads=4),
+    # a second architecture for fused_qkv.py: windowed attention, 3 stages (16x16 -> 8x8 -> 4x4 tokens)
+    "swin": dict(model_name="swin_tiny_patch4_window7_224", patch_size=2, embed_dim=48, depths=(2, 2, 2),
+                 num_heads=(3, 6, 12), window_size=4),
+}
 
 
-def backbone(num_classes: int) -> torch.nn.Module:
+def backbone(num_classes: int, kind: str = "vit") -> torch.nn.Module:
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=IMAGE,
-                             patch_size=4, embed_dim=96, depth=4, num_heads=4)
+    return timm.create_model(pretrained=False, num_classes=num_classes, img_size=IMAGE, **BACKBONES[kind])
 
 
 def digits(low: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,14 +52,14 @@ def digits(low: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return to_imagenet_tensor(images[keep], IMAGE), torch.from_numpy(labels[keep] % 5).long()
 
 
-def pretrain(path: Path, epochs: int) -> dict:
+def pretrain(path: Path, epochs: int, kind: str = "vit") -> dict:
     from _common import accuracy, train
 
     torch.manual_seed(0)
     x, y = digits(low=True)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     x, y = x[order], y[order]
-    model = backbone(5)
+    model = backbone(5, kind)
     cut = int(0.9 * len(x))
     timing = train(model, x[:cut], y[:cut], epochs=epochs, lr=1e-3, batch=64, seed=0)
     torch.save(model.state_dict(), path)
@@ -69,10 +75,10 @@ def transfer_split(train_fraction: float) -> tuple[torch.Tensor, torch.Tensor, t
     return x[train_index], y[train_index], x[order[cut:]], y[order[cut:]]
 
 
-def transferred_backbone(checkpoint: str, seed: int) -> torch.nn.Module:
+def transferred_backbone(checkpoint: str, seed: int, kind: str = "vit") -> torch.nn.Module:
     """The backbone pretrained on digits 0-4 with a new 5-class head for digits 5-9 (initialised from ``seed``)."""
     torch.manual_seed(seed)
-    model = backbone(5)
+    model = backbone(5, kind)
     state = {k: v for k, v in torch.load(checkpoint).items() if not k.startswith("head.")}
     model.load_state_dict(state, strict=False)
     return model

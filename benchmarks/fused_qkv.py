@@ -2,12 +2,14 @@
 its own rank-r LoRA, the LoRA paper's W_q / W_v), at equal parameters (whole r=8 vs slices r=8: 32 x dim per block
 either way) and at half (slices r=4); and the q, k and v slices at r=5 (30 x dim per block).
 
-1. Accuracy on the ViT transfer task of ``accuracy_vit.py`` (a 4-block ViT pretrained here on MNIST digits 0-4,
-   transferred to digits 5-9; the same seeds for every variant), one process per variant and seed.
+1. Accuracy on the transfer task of ``accuracy_vit.py`` (a backbone pretrained here on MNIST digits 0-4,
+   transferred to digits 5-9; the same seeds for every variant), one process per variant and seed. ``--backbone``:
+   ``vit`` (4-block ViT, results/fused_qkv.json) or ``swin`` (3-stage Swin with windowed attention,
+   results/fused_qkv_swin.json); the fused-projection default of the presets follows both (a test reads them).
 2. Step time of a timm ViT-S/16 (224 px, random init) forward + backward, the variants interleaved in one process,
-   medians, reported as ratios to whole-qkv LoRA.
+   medians, reported as ratios to whole-qkv LoRA (``--repeats 0`` skips it).
 
-    python benchmarks/fused_qkv.py [--seeds 3] [--epochs 3] [--quick]
+    python benchmarks/fused_qkv.py [--backbone vit|swin] [--seeds 3] [--epochs 3] [--quick]
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def config(model: torch.nn.Module, slices: tuple[str, ...] | str, rank: int):  #
     return pve.use_fused_slices(config, slices)
 
 
-def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: float) -> dict:
+def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: float, kind: str) -> dict:
     import warnings
 
     import peft
@@ -47,7 +49,7 @@ def child(name: str, seed: int, epochs: int, checkpoint: str, train_fraction: fl
     warnings.filterwarnings("ignore")
     slices, rank = VARIANTS[name]
     x, y, xt, yt = transfer_split(train_fraction)
-    model = transferred_backbone(checkpoint, seed)
+    model = transferred_backbone(checkpoint, seed, kind)
     model = peft.get_peft_model(model, config(model, slices, rank))
     params, total = trainable(model)
     timing = train(model, x, y, epochs=epochs, lr=LR, batch=64, seed=seed)
@@ -86,28 +88,29 @@ def main() -> None:
     add_transfer_arguments(parser, ", 2 timed steps at batch 2")
     parser.add_argument("--repeats", type=int, default=7, help="timed ViT-S steps per variant")
     parser.add_argument("--batch", type=int, default=8, help="ViT-S batch for the step times")
+    parser.add_argument("--backbone", choices=["vit", "swin"], default="vit", help="the transfer task's backbone")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.pretrain_epochs, args.train_fraction = 1, 1, 2, 0.25
         args.repeats, args.batch = 2, 2
     if args.child:
         name, seed, checkpoint = args.child
-        print(json.dumps(child(name, int(seed), args.epochs, checkpoint, args.train_fraction)))
+        print(json.dumps(child(name, int(seed), args.epochs, checkpoint, args.train_fraction, args.backbone)))
         return
     from _common import RESULTS, machine, mean_std, run_child, save
     from accuracy_vit import pretrain
 
     RESULTS.mkdir(exist_ok=True)
-    checkpoint = RESULTS / "vit_digits_0_4_fused.pt"
-    pretraining = pretrain(checkpoint, args.pretrain_epochs)
+    checkpoint = RESULTS / f"{args.backbone}_digits_0_4_fused.pt"
+    pretraining = pretrain(checkpoint, args.pretrain_epochs, args.backbone)
     runs = []
     for seed in range(args.seeds):  # seed-major: the variants of a seed run back to back
         for name in VARIANTS:
             runs.append(run_child(__file__, name, str(seed), str(checkpoint), "--epochs", str(args.epochs),
-                                  "--train-fraction", str(args.train_fraction)))
+                                  "--train-fraction", str(args.train_fraction), "--backbone", args.backbone))
             print(f"{name} seed {seed}: accuracy {runs[-1]['accuracy']:.4f}", file=sys.stderr)
     checkpoint.unlink()
-    steps = step_times(args.repeats, args.batch)
+    steps = step_times(args.repeats, args.batch) if args.repeats else {}
     whole = "whole qkv, r=8"
     rows = []
     for name in VARIANTS:
@@ -119,25 +122,30 @@ def main() -> None:
         rows.append({"variant": name, "trainable": mine[0]["trainable"], "accuracy_mean": accuracy,
                      "accuracy_std": spread, "paired_difference_mean": difference,
                      "paired_difference_std": difference_std,
-                     "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in mine),
-                     "vit_s_step_s": steps[name]["median_s"],
-                     "vit_s_step_ratio": steps[name]["median_s"] / steps[whole]["median_s"],
-                     "vit_s_adapter_params": steps[name]["adapter_params"]})
-    print(f"ViT (4 blocks, dim 96) pretrained here on digits 0-4 ({pretraining['pretrain_accuracy_digits_0_4']:.3f} "
+                     "seconds_per_epoch": statistics.mean(r["seconds_per_epoch"] for r in mine)})
+        if steps:
+            rows[-1].update({"vit_s_step_s": steps[name]["median_s"],
+                             "vit_s_step_ratio": steps[name]["median_s"] / steps[whole]["median_s"],
+                             "vit_s_adapter_params": steps[name]["adapter_params"]})
+    described = {"vit": "ViT (4 blocks, dim 96)", "swin": "Swin (3 stages of 2 blocks, dim 48, window 4)"}
+    held_out = pretraining["pretrain_accuracy_digits_0_4"]
+    print(f"{described[args.backbone]} pretrained here on digits 0-4 ({held_out:.3f} "
           f"held-out) -> digits 5-9: {runs[0]['train_images']} train / {runs[0]['test_images']} test, {args.epochs} "
-          f"epochs, {args.seeds} seeds (paired); ViT-S/16 steps: batch {args.batch}, median of {args.repeats}")
+          f"epochs, {args.seeds} seeds (paired)"
+          + (f"; ViT-S/16 steps: batch {args.batch}, median of {args.repeats}" if steps else ""))
     print("| variant | trainable params | accuracy % (mean ± std) | paired diff. vs whole qkv | s / epoch | "
           "ViT-S adapter params | ViT-S step (s) | vs whole qkv |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
+        step = (f"{row['vit_s_adapter_params']:,} | {row['vit_s_step_s']:.3f} | {row['vit_s_step_ratio']:.2f}x"
+                if steps else "- | - | -")
         print(f"| {row['variant']} | {row['trainable']:,} | {row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} | "
               f"{row['paired_difference_mean']:+.2f} ± {row['paired_difference_std']:.2f} | "
-              f"{row['seconds_per_epoch']:.1f} | {row['vit_s_adapter_params']:,} | {row['vit_s_step_s']:.3f} | "
-              f"{row['vit_s_step_ratio']:.2f}x |")
-    settings = {k: getattr(args, k) for k in ("seeds", "epochs", "pretrain_epochs", "train_fraction", "repeats",
-                                              "batch", "quick")}
-    save("fused_qkv", {"machine": machine(), "settings": settings, "pretraining": pretraining, "rows": rows,
-                       "runs": runs})
+              f"{row['seconds_per_epoch']:.1f} | {step} |")
+    settings = {k: getattr(args, k) for k in ("backbone", "seeds", "epochs", "pretrain_epochs", "train_fraction",
+                                              "repeats", "batch", "quick")}
+    name = "fused_qkv" if args.backbone == "vit" else f"fused_qkv_{args.backbone}"
+    save(name, {"machine": machine(), "settings": settings, "pretraining": pretraining, "rows": rows, "runs": runs})
 
 
 if __name__ == "__main__":

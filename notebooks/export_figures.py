@@ -1,10 +1,10 @@
-"""Write the figures of the committed (executed) notebooks to docs/images/, for the README.
+"""Write the figures of the committed (executed) notebooks to docs/images/, for the docs site.
 
     python notebooks/export_figures.py          # (re)write docs/images/<notebook-stem>-<k>.png
     python notebooks/export_figures.py --check  # exit 1 if docs/images differs from the notebooks
 
 k is the 1-based index of a figure (an ``image/png`` output) in its notebook, in cell and output order. The PNG bytes
-are copied from the notebook as they are, so the README shows exactly what the notebook shows;
+are copied from the notebook as they are, so the docs show exactly what the notebook shows;
 tests/test_notebooks.py checks that the two cannot drift apart. Re-execute the notebooks first (in place, the way
 tests/test_notebooks.py runs them; ``NotebookClient(..., record_timing=False)`` keeps timestamps out of the diff),
 then run this.

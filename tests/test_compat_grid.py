@@ -113,8 +113,8 @@ def test_conv_transpose_has_no_adapting_method_and_says_train_in_full() -> None:
 
 
 def test_docs_page_matches_data() -> None:
-    page = (ROOT / "docs" / "compatibility.md").read_text()
-    assert page == docs_markdown() + "\n", "docs/compatibility.md is stale: run `peft-vision matrix --docs`"
+    page = (ROOT / "docs" / "reference" / "compatibility.md").read_text()
+    assert page == docs_markdown() + "\n", "docs/reference/compatibility.md is stale: run `python docs/generate.py`"
 
 
 @pytest.mark.parametrize("kind", [LayerKind.CONV1D, LayerKind.CONV3D, LayerKind.EMBEDDING])

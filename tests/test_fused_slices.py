@@ -49,7 +49,8 @@ def _build(family: str) -> tuple[nn.Module, torch.Tensor]:
 
 def _sliced(model: nn.Module, preset: str = "attention", **kwargs: object) -> peft.PeftModel:
     # init_lora_weights=False: B is random too, so every slice moves the output
-    config = pve.preset_config(model, "lora", preset, r=4, lora_alpha=8, init_lora_weights=False, **kwargs)
+    config = pve.preset_config(model, "lora", preset, r=4, lora_alpha=8, init_lora_weights=False, fused="slices",
+                               **kwargs)
     return get_peft_model(model, config).eval()
 
 
@@ -123,7 +124,7 @@ def test_trainable_parameters_equal_separate_q_v_projections() -> None:
     separate = get_peft_model(nn.Sequential(nn.Linear(d, d), nn.Linear(d, d)),
                               LoraConfig(r=4, target_modules=["0", "1"]))
     assert trainable - head == blocks * separate.get_nb_trainable_parameters()[0]
-    report = pve.check(model_before, pve.preset_config(model_before, "lora", r=4))
+    report = pve.check(model_before, pve.preset_config(model_before, "lora", r=4, fused="slices"))
     assert report.trainable_params == trainable
     assert "q, v slices" in report.render()
 
@@ -148,15 +149,21 @@ def test_attention_full_and_whole_layer_switch() -> None:
     plans = fused_plans(full.peft_config["default"])
     assert {plan.slices for plan in plans.values()} == {("q", "k", "v")}
     assert all(full.peft_config["default"].rank_pattern[name] == 12 for name in plans)
-    whole = get_peft_model(copy.deepcopy(model), pve.preset_config(model, "lora", r=4, fused="whole"))
-    assert not fused_plans(whole.peft_config["default"])
-    assert not whole.peft_config["default"].rank_pattern
-    assert isinstance(whole.base_model.model.blocks[0].attn.qkv.lora_B["default"], nn.Linear)
-    # target_modules=None takes the default preset, sliced; use_fused_slices(config, "whole") keeps it whole
+    for config in (pve.preset_config(model, "lora", r=4, fused="whole"), pve.preset_config(model, "lora", r=4)):
+        whole = get_peft_model(copy.deepcopy(model), config)  # "whole" is the default (PRESET_FUSED)
+        assert not fused_plans(whole.peft_config["default"])
+        assert not whole.peft_config["default"].rank_pattern
+        assert isinstance(whole.base_model.model.blocks[0].attn.qkv.lora_B["default"], nn.Linear)
+        assert not isinstance(whole.base_model.model.blocks[0].attn.qkv.lora_B["default"], BlockFactor)
+    # target_modules=None takes the default preset, whole; use_fused_slices(config) asks for the q/v slices
     default = get_peft_model(copy.deepcopy(model), LoraConfig(r=4))
-    assert fused_plans(default.peft_config["default"])
+    assert not fused_plans(default.peft_config["default"])
+    sliced = get_peft_model(copy.deepcopy(model), pve.use_fused_slices(LoraConfig(r=4)))
+    assert {plan.slices for plan in fused_plans(sliced.peft_config["default"]).values()} == {("q", "v")}
     kept = get_peft_model(copy.deepcopy(model), pve.use_fused_slices(LoraConfig(r=4), "whole"))
     assert not fused_plans(kept.peft_config["default"])
+    with pytest.raises(ValueError, match="use 'whole' or 'slices'"):
+        pve.preset_config(model, "lora", r=4, fused="qv")
 
 
 def test_other_methods_keep_whole_layers() -> None:
@@ -247,7 +254,8 @@ def test_multiple_adapters(tmp_path: Path) -> None:
     base = copy.deepcopy(model)
     peft_model = _sliced(model)
     out_default = _out(peft_model, x)
-    second = pve.preset_config(base, "lora", "attention-full", r=2, lora_alpha=4, init_lora_weights=False)
+    second = pve.preset_config(base, "lora", "attention-full", r=2, lora_alpha=4, init_lora_weights=False,
+                               fused="slices")
     peft_model.add_adapter("other", second)
     peft_model.set_adapter("other")
     out_other = _out(peft_model, x)
@@ -267,7 +275,7 @@ def test_rank_pattern_and_rslora_keep_per_slice_scaling() -> None:
     model, x = _build("timm-vit")
     base = copy.deepcopy(model)
     config = pve.preset_config(model, "lora", r=4, lora_alpha=8, init_lora_weights=False, use_rslora=True,
-                               rank_pattern={"qkv": 2})
+                               rank_pattern={"qkv": 2}, fused="slices")
     peft_model = get_peft_model(model, config).eval()
     plans = fused_plans(config)
     assert {plan.rank for plan in plans.values()} == {2}
@@ -345,7 +353,7 @@ def test_options_the_layout_cannot_take() -> None:
 def test_a_preset_keeps_undeterminable_layers_whole_and_says_so() -> None:
     model = _Tiny()
     with pytest.warns(UserWarning, match=r"adapts attn\.qkv .* whole"):
-        peft_model = get_peft_model(model, LoraConfig(r=2))
+        peft_model = get_peft_model(model, pve.preset_config(model, "lora", r=2, fused="slices"))
     assert isinstance(peft_model.base_model.model.attn.qkv.lora_B["default"], nn.Linear)
 
 
@@ -440,7 +448,7 @@ def test_trainer_checkpoints_and_resumes_the_sliced_layout(tmp_path: Path) -> No
 
     def build() -> peft.PeftModel:
         vit, _ = _build("timm-vit")
-        config = pve.preset_config(vit, "lora", r=4, lora_alpha=8)
+        config = pve.preset_config(vit, "lora", r=4, lora_alpha=8, fused="slices")
         config.target_modules = {f"vit.{name}" for name in config.target_modules}
         config.modules_to_save = ["vit.head"]
         return get_peft_model(_TimmClassifier(vit), config)

@@ -51,7 +51,7 @@ def _files(folder):
 
 def test_timm_round_trip_card_and_metadata(tmp_path):
     model = _timm_local_base(tmp_path, **VIT_ARGS)
-    peft_model = _perturb(peft.get_peft_model(model, peft.LoraConfig(r=4)))
+    peft_model = _perturb(peft.get_peft_model(model, pve.use_fused_slices(peft.LoraConfig(r=4))))
     pve.describe(peft_model, dataset="mnist", metrics={"accuracy": 0.875})
     loaded = _round_trip(peft_model, tmp_path / "adapter", torch.randn(2, 3, 32, 32))
     assert _files(tmp_path / "adapter") == ["README.md", "adapter_config.json", "adapter_model.safetensors",

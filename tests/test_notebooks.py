@@ -3,8 +3,8 @@
 The notebooks train real models on real data, so they run on the newest-dependency lane only; the old lane
 (``make test-old`` sets ``PVE_EXPECT_PEFT``) runs the unit tests.
 
-They are committed executed, outputs and figures included, so that GitHub shows them; the README's figures in
-docs/images/ are copied out of them by notebooks/export_figures.py, and a test keeps the two equal.
+They are committed executed, outputs and figures included, so that GitHub and the docs site show them; the docs'
+figures in docs/images/ are copied out of them by notebooks/export_figures.py, and a test keeps the two equal.
 """
 
 import importlib.util
@@ -71,7 +71,7 @@ def load_export_figures():
 
 
 def test_docs_images_match_notebooks():
-    # README images are the notebooks' figures, byte for byte: `python notebooks/export_figures.py` rewrites them.
+    # The docs' images are the notebooks' figures, byte for byte: `python notebooks/export_figures.py` rewrites them.
     export_figures = load_export_figures()
     expected = export_figures.expected_images(NOTEBOOK_DIR)
     assert expected

@@ -234,13 +234,13 @@ def test_registering_a_family_is_a_few_lines():
         _FAMILIES.pop("my-vit", None)
 
 
-def test_readme_presets_table_is_rendered_from_the_data():
+def test_docs_presets_table_is_rendered_from_the_data():
     import pathlib
 
     from peft_vision_ext.presets.catalog import presets_markdown
 
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    assert presets_markdown() in readme, "README presets table differs from PRESETS: paste presets_markdown()"
+    page = (pathlib.Path(__file__).parent.parent / "docs" / "guides" / "presets.md").read_text()
+    assert presets_markdown() in page, "docs/guides/presets.md differs from PRESETS: run `python docs/generate.py`"
 
 
 class _UserWrapper(nn.Module):

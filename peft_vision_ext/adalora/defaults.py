@@ -1,5 +1,5 @@
 """AdaLoRA's vision defaults, as data: what ``preset_config(model, "adalora", ...)``, ``recommend()`` and the quick
-start fill in when the user leaves a field open. Measured in ``benchmarks/adalora_vision.py`` (README: AdaLoRA).
+start fill in when the user leaves a field open. Measured in ``benchmarks/adalora_vision.py`` (docs/guides/adalora.md).
 
 - Budget comparable to LoRA: ``r=...`` means "the final budget of a LoRA of rank r": ``target_r = r`` and
   ``init_r = 1.5 r`` (PEFT's own 12 -> 8 ratio); without ``r``, PEFT's 12 -> 8.

@@ -41,6 +41,10 @@ HEAD_ATTRIBUTES = ("classifier", "head", "heads", "fc", "decode_head", "auxiliar
 
 @dataclass(frozen=True)
 class VisionFamily:
+    """One entry of the family registry: how to recognise a model (library + root class names, or transformers
+    ``model_type``), what kind of network it is (which picks the default preset per PEFT method), and for task models
+    where each part starts and which prediction heads are trained in full. Add one with :func:`register_family`."""
+
     name: str
     library: Library
     kind: Kind | None  # None: decided by the model's structure (UperNet follows its backbone)
@@ -55,7 +59,7 @@ class VisionFamily:
     task: str | None = None
     parts: tuple[tuple[str, Part], ...] = ()
     heads: tuple[str, ...] | None = None  # None: the generic head attributes (classifier, head, fc, ...)
-    why: str = ""  # one line for the README's task table: what the default adapts and trains, and why
+    why: str = ""  # one line for the docs' task table (guides/presets.md): what the default adapts and trains, and why
 
     def matches(self, model: nn.Module) -> bool:
         if self.library != "any" and model_library(model) != self.library:

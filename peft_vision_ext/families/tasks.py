@@ -2,7 +2,7 @@
 
 Each entry says where the parts of the model are (backbone, neck, transformer, heads), which prediction heads a
 user re-initialises for new classes (trained in full via ``modules_to_save``), the Hub task, and in ``why`` one line
-for the README on what the default adapts. Everything here is data; :mod:`.families` does the matching.
+for the docs' task table on what the default adapts. Everything here is data; :mod:`.families` does the matching.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ for _entry in (
     VisionFamily("hf-video", "transformers", "transformer", model_types=("videomae", "timesformer", "vivit"),
                  task="video-classification", description="VideoMAE, TimeSformer, ViViT (Conv3d patch embedding "
                  "left frozen)", defaults={"ia3": "mlp"},
-                 why="q/v of every block (TimeSformer's fused qkv: the q and v slices); IA3 the MLP (VideoMAE on "
+                 why="q/v of every block (TimeSformer's fused qkv: whole); IA3 the MLP (VideoMAE on "
                      "transformers 4 computes F.linear with q/v weights and its own biases); the classifier trained "
                      "in full"),
     # VJEPA2ForVideoClassification runs the encoder and its attentive pooler only (skip_predictor=True): the
@@ -230,7 +230,8 @@ def _readable(pattern: str) -> str:
 
 
 def task_families_markdown() -> str:
-    """The README's table of task families: what each default adapts and trains in full (a test keeps them equal)."""
+    """The table of task families in docs/guides/presets.md: what each default adapts and trains in full
+    (docs/generate.py writes it; tests keep the two equal)."""
     rows = ["| family | task | models | default (LoRA) | trained in full | why |", "|---|---|---|---|---|---|"]
     for family in families():
         if family.task is None:

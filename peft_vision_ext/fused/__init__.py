@@ -1,7 +1,8 @@
 """LoRA on the query/key/value slices of fused projections (timm ``qkv``/``kv``, ``nn.MultiheadAttention``).
 
->>> config = peft_vision_ext.preset_config(model, "lora", r=8)    # 'attention': q and v slices of every qkv
->>> config = peft_vision_ext.use_fused_slices(config, "whole")    # back to one LoRA on the whole qkv
+>>> config = peft_vision_ext.preset_config(model, "lora", r=8)    # 'attention': one LoRA on each whole qkv
+>>> config = peft_vision_ext.use_fused_slices(config)             # the q and v slices instead, each its own LoRA
+>>> config = peft_vision_ext.preset_config(model, "lora", r=8, fused="slices")  # the same, the preset's slices
 
 Saved adapters are standard PEFT LoRA (rank r per slice, stacked, with a block-structured B): plain PEFT loads
 them without the plugin and reproduces the outputs; ``fused_slices.json`` beside them lets the plugin rebuild the

@@ -35,7 +35,15 @@ REQUEST_ATTRIBUTE = "_peft_vision_ext_fused_slices"
 SIDECAR = "fused_slices.json"
 FORMAT_VERSION = 1
 SLICE_NAMES = ("q", "k", "v", "o")  # o: the out_proj of an nn.MultiheadAttention (other models have their own)
-DEFAULT_SLICES = ("q", "v")  # the LoRA paper's W_q and W_v
+DEFAULT_SLICES = ("q", "v")  # the LoRA paper's W_q and W_v: what use_fused_slices(config) asks for
+#: How the presets adapt a fused q/k/v projection that LoRA targets: ``"whole"`` (one rank-r LoRA on the layer, plain
+#: PEFT, loadable without layout metadata) or ``"slices"`` (the preset's q/k/v roles, each slice its own rank-r LoRA).
+#: Slices become the default only if a slice variant beats whole-layer LoRA by at least two standard errors of the
+#: paired difference on every fused-projection task we measured (benchmarks/results/fused_qkv.json: ViT,
+#: fused_qkv_swin.json: Swin; tests/test_fused_default.py applies that rule to the files). They do not: on the ViT
+#: task q/v slices end 2.12 +- 1.61 points below whole qkv at the same parameter count.
+PRESET_FUSED = "whole"
+FUSED_CHOICES = ("whole", "slices")
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,13 @@ def request_of(config: Any) -> FusedRequest | None:
     return config.__dict__.get(REQUEST_ATTRIBUTE)
 
 
-def request_preset_slices(config: Any, roles: Iterable[Any]) -> None:
-    """A preset's request: the q/k/v (and o) roles it selects become slices. An explicit request is kept."""
-    if method_name(config) != "lora" or request_of(config) is not None:
+def request_preset_slices(config: Any, roles: Iterable[Any], fused: str = PRESET_FUSED) -> None:
+    """A preset's request: with ``fused="slices"`` the q/k/v (and o) roles it selects become slices; with
+    ``"whole"`` fused layers are left to PEFT's whole-layer LoRA. An explicit request is kept."""
+    if fused not in FUSED_CHOICES:
+        raise FusedSlicesError(f"fused={fused!r}: use 'whole' (one LoRA on each fused q/k/v layer) or 'slices' (the "
+                               "preset's q/k/v slices, each its own LoRA).")
+    if fused == "whole" or method_name(config) != "lora" or request_of(config) is not None:
         return
     roles = {getattr(role, "value", role) for role in roles}
     slices = tuple(s for s in SLICE_NAMES if s in roles)

@@ -53,7 +53,8 @@ class RowShard:
 
 
 class UnsupportedSharding(ValueError):
-    pass
+    """A parameter is sharded in a layout the plugin cannot read rows from: anything but ``Shard(0)`` on one mesh
+    dimension (FSDP2's ``fully_shard``, HSDP), or a local shard whose size FSDP changed."""
 
 
 def row_shard(tensor: torch.Tensor) -> RowShard:

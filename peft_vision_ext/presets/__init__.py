@@ -19,7 +19,7 @@ from ..adalora.defaults import vision_adalora_kwargs
 from ..card_facts import record_preset
 from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
 from ..families import Detection, LayerInfo, Part, Role, VisionFamily, detect_family, families, register_family
-from ..fused.slices import request_preset_slices, use_fused_slices
+from ..fused.slices import FUSED_CHOICES, PRESET_FUSED, request_preset_slices
 from ..layers.kinds import LayerKind
 from ..matrix.verdicts import METHOD_NAMES, Operation, config_class, entry
 from ..targets import method_name
@@ -179,7 +179,7 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None, to
 
 def fill_config(config: Any, resolution: Resolution, method: str) -> None:
     """Give ``config`` what ``resolution`` resolved: its targets, and where the user left them ``None`` the task head
-    (``modules_to_save``) and IA3's feedforward modules; LoRA: the preset's slices of fused q/k/v layers."""
+    (``modules_to_save``) and IA3's feedforward modules; LoRA: fused q/k/v layers as ``PRESET_FUSED`` says."""
     config.target_modules = set(resolution.target_modules)
     if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
         config.feedforward_modules = set(resolution.feedforward_modules)
@@ -190,8 +190,8 @@ def fill_config(config: Any, resolution: Resolution, method: str) -> None:
 
 def complete_config(model: nn.Module, config: Any, *, strict: bool = False) -> Resolution | None:
     """The first step of the one injection pipeline: a config with ``target_modules=None`` gets the family's default
-    preset, in place (targets; where left ``None``, the task head and IA3's feedforward modules; LoRA: the preset's
-    slices of fused q/k/v layers), and remembers which preset it was (the model card reads it).
+    preset, in place (targets; where left ``None``, the task head and IA3's feedforward modules; LoRA: fused q/k/v
+    layers as ``PRESET_FUSED`` says), and remembers which preset it was (the model card reads it).
 
     The ``vision-default-targets`` hook runs it at every injection, :func:`peft_vision_ext.check` in its dry run and
     :func:`peft_vision_ext.get_quantized_peft_model` before it quantizes; the hook then enforces the matrix, injects
@@ -220,14 +220,16 @@ def _config_class(method: str) -> type:
     return config_class(method)
 
 
-def preset_config(model: nn.Module, method: str, preset: str | None = None, *, fused: str = "slices",
+def preset_config(model: nn.Module, method: str, preset: str | None = None, *, fused: str = PRESET_FUSED,
                   towers: str = "vision", **method_kwargs: Any) -> Any:
     """A ready PEFT config (LoraConfig, LoHaConfig, ...) for ``model`` using ``preset`` or the default one.
 
     ``method_kwargs`` go to the config class; an explicit ``target_modules`` / ``modules_to_save`` /
-    ``feedforward_modules`` there wins over the preset. ``fused`` (LoRA): ``"slices"`` adapts fused q/k/v layers
-    (timm ``qkv``/``kv``, nn.MultiheadAttention) slice by slice, the slices the preset names (``attention``: q and v),
-    each with its own rank-r LoRA; ``"whole"`` adapts them as one layer. ``towers`` (dual encoders: CLIP, SigLIP,
+    ``feedforward_modules`` there wins over the preset. ``fused`` (LoRA) decides how fused q/k/v layers (timm
+    ``qkv``/``kv``, nn.MultiheadAttention) are adapted: ``"whole"`` (the default,
+    :data:`~peft_vision_ext.fused.slices.PRESET_FUSED`: one rank-r LoRA on the layer, which measured better than
+    slices at the same parameter count) or ``"slices"``: slice by slice, the slices the preset names (``attention``: q
+    and v), each with its own rank-r LoRA. ``towers`` (dual encoders: CLIP, SigLIP,
     OWL-ViT, Grounding DINO): adapt the ``"vision"`` tower (default), the ``"text"`` tower or ``"both"``.
 
     AdaLoRA: ``r`` is the LoRA rank whose final budget to match (``target_r = r``, ``init_r = 1.5 r``); fields left
@@ -236,8 +238,8 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
     ``AdaLoraCallback`` replaces it with the Trainer's step count and derives the schedule.
     """
     method = method.lower()
-    if fused not in ("slices", "whole"):
-        raise ValueError(f"preset_config(fused={fused!r}): use 'slices' or 'whole'.")
+    if fused not in FUSED_CHOICES:
+        raise ValueError(f"preset_config(fused={fused!r}): use 'whole' or 'slices'.")
     config_class = _config_class(method)
     if method == "adalora":  # comparable budget, scale and regulariser weight (adalora/defaults.py)
 
@@ -253,9 +255,7 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         config = config_class(**method_kwargs)
 
         record_preset(config, resolution.preset)
-        if method == "lora" and fused == "whole":
-            use_fused_slices(config, "whole")
-        request_preset_slices(config, PRESETS[resolution.preset].roles)
+        request_preset_slices(config, PRESETS[resolution.preset].roles, fused)
         return config
     if preset is not None:
         raise ValueError("Pass either preset=... or target_modules=..., not both.")

@@ -1,4 +1,5 @@
-"""Presets as data: each preset is a set of roles. Rendered into the README by ``peft-vision presets``."""
+"""Presets as data: each preset is a set of roles. Its table is rendered into the docs (guides/presets.md) by
+``docs/generate.py``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from ..matrix.verdicts import Operation, kinds_supporting
 
 @dataclass(frozen=True)
 class Preset:
+    """A named set of layer roles, optionally restricted to parts of a task model (backbone, neck, heads, ...)."""
+
     name: str
     roles: frozenset[Role]
     description: str
@@ -30,10 +33,10 @@ _TRANSFORMER = _ATTN_FULL | _MLP | {Role.LINEAR}
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("attention", _ATTN_QV, "query and value projections; LoRA: the q and v slices of fused qkv / kv / "
-               "nn.MultiheadAttention layers, other methods: the whole fused layer"),
-        Preset("attention-full", _ATTN_FULL, "query, key, value and output projections (LoRA: every slice of fused "
-               "layers, and an nn.MultiheadAttention's out_proj)"),
+        Preset("attention", _ATTN_QV, "query and value projections; a fused qkv / kv / nn.MultiheadAttention layer "
+               "whole (LoRA with fused=\"slices\": its q and v slices)"),
+        Preset("attention-full", _ATTN_FULL, "query, key, value and output projections (fused layers whole; LoRA with "
+               "fused=\"slices\": every slice, and an nn.MultiheadAttention's out_proj)"),
         Preset("mlp", _MLP, "MLP / pointwise expansion and contraction (fc1, fc2; ConvNeXt pwconv)"),
         Preset("attention+mlp", _ATTN_FULL | _MLP, "attention-full and mlp"),
         Preset("all-linear", _ALL_LINEAR, "every Linear of the backbone (never the task head)"),
@@ -58,6 +61,8 @@ PRESETS: dict[str, Preset] = {
                frozenset({Part.BACKBONE, Part.NECK, Part.ENCODER, Part.DECODER, Part.HEADS})),
     )
 }
+"""Every preset by name. ``preset_config(model, method, name)`` / ``resolve_targets(model, name)`` select its layers
+on a model; a family's default preset per method is used when ``target_modules`` is left open."""
 
 #: Parts a preset without its own parts selects from. A dual encoder's text tower is adapted on request only
 #: (``towers="text"`` / ``"both"``): this is a vision plugin, and the default should not retrain a language model.
@@ -77,7 +82,7 @@ def method_layer_kinds(method: str, peft_version: Version) -> frozenset[str] | N
 
 
 def presets_markdown() -> str:
-    """The presets table of the README (a test keeps the two identical)."""
+    """The presets table of docs/guides/presets.md (docs/generate.py writes it; tests keep the two identical)."""
     rows = ["| preset | selects |", "|---|---|"]
     rows += [f"| `{p.name}` | {p.description} |" for p in PRESETS.values()]
     return "\n".join(rows)
