@@ -177,7 +177,7 @@ def test_field_advice_warns_but_does_not_refuse() -> None:
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
                             depth=1)
     report = check(vit, peft.LoHaConfig(r=4))
-    assert report.ok and any("LoHa/LoKr ended below LoRA on our ViT task" in text for text in report.advice)
+    assert report.ok and any("LoHa/LoKr on pure-transformer ViTs ended below LoRA" in text for text in report.advice)
 
 
 def test_linear_fed_4d_input_is_detected_and_oft_refused_there() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from ..evidence import measured
+from ..evidence import measured, quote
 from ..layers.kinds import LayerKind
 from ..patching import skipped_hook_for
 from . import grid
@@ -380,16 +380,16 @@ def _adalora_advice() -> str:
 
 
 ADVICE: tuple[Advice, ...] = (
-    Advice(frozenset({"loha", "lokr"}), "transformer",
-           f"LoHa/LoKr ended below LoRA on our ViT task (LoHa r=8 {measured('vit.loha')} %, LoKr r=8 "
-           f"{measured('vit.lokr')} %, LoRA r=8 {measured('vit.lora')} %; {measured('vit.lora').path}): prefer LoRA "
-           "or AdaLoRA on pure-transformer ViTs unless you need LoKr's compression."),
+    Advice(frozenset({"loha", "lokr"}), "transformer", quote(
+        "LoHa/LoKr on pure-transformer ViTs ended below LoRA on our ViT task (LoHa r=8 {vit.loha} %, LoKr r=8 "
+        "{vit.lokr} %, LoRA r=8 {vit.lora} %; benchmarks/results/accuracy_vit.json): prefer LoRA or AdaLoRA there "
+        "unless you need LoKr's compression.")),
     Advice(frozenset({"adalora"}), "always", _adalora_advice()),
-    Advice(frozenset(METHOD_NAMES), "quantized",
-           f"On our ViT task LoRA on 4-bit weights ended {measured('quantized.lora_4bit'):+.2f} +- "
-           f"{measured('quantized.lora_4bit_std')} points from fp32 LoRA (5 paired seeds; QPiSSA "
-           f"{measured('quantized.qpissa'):+.2f}; {measured('quantized.lora_4bit').path}): compare with a "
-           "full-precision LoRA run on your task before relying on it."),
+    Advice(frozenset(METHOD_NAMES), "quantized", quote(
+        "Quantized fine-tuning: on our ViT task LoRA on 4-bit weights ended {quantized.lora_4bit:+.2f} +- "
+        "{quantized.lora_4bit_std} points from fp32 LoRA (5 paired seeds; QPiSSA {quantized.qpissa:+.2f}; "
+        "benchmarks/results/quantized_lora_variants.json): compare with a full-precision LoRA run on your task before "
+        "relying on it.")),
 )
 
 
