@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from peft_vision_ext.compat.recommend import CHOICES, KINDS, MEASURED_LR, MEMORY_LEVELS, choice_for
 from peft_vision_ext.evidence import MEASURED, locate
 from peft_vision_ext.fused.slices import DEFAULT_SLICES, PRESET_FUSED
 
@@ -62,3 +63,18 @@ def test_the_fused_default_follows_both_measured_tasks() -> None:
     else:
         assert PRESET_FUSED == "slices", f"{winners} beat whole-qkv LoRA on every task: make slices the default"
         assert f"{'/'.join(DEFAULT_SLICES)} slices, r=8" in winners, f"the winning slices are {winners}"
+
+
+def test_every_model_kind_quantization_and_memory_has_one_measured_choice() -> None:
+    for kind in KINDS:
+        for quantized in (False, True):
+            for memory in MEMORY_LEVELS:
+                assert choice_for(kind, quantized, memory).sources, (kind, quantized, memory)
+    assert all(choice.sources for choice in CHOICES), "every recommendation quotes a measurement"
+
+
+def test_the_recommended_recipe_is_the_one_the_benchmarks_ran() -> None:
+    assert _results("benchmarks/results/adalora_vision.json")["settings"]["lr"] == MEASURED_LR
+    for choice in CHOICES:
+        assert choice.learning_rate == MEASURED_LR and choice.kwargs["r"] == 8
+        assert choice.kwargs.get("lora_alpha", choice.kwargs.get("alpha")) == 16  # alpha = 2 x rank, as measured

@@ -50,13 +50,16 @@ Measured on a ViT-B/16 (batch 8, gradient checkpointing on; [quantized ViT memor
 process peak {memory.vitb_full:.0f} MiB for full fine-tuning, {memory.vitb_lora_fp32:.0f} MiB for fp32 LoRA,
 {memory.vitb_lora_4bit:.0f} MiB for LoRA on 4-bit weights. AdaLoRA's peak measured
 {adalora.peak_low}-{adalora.peak_high}x LoRA's at the same final budget ([AdaLoRA](results/adalora_vision.md)).
-Activations dominate ViT training memory: turn on gradient checkpointing before shrinking the adapter.
+Activations dominate ViT training memory: gradient checkpointing alone took fp32 LoRA's peak from
+{memory.vitb_lora_fp32_no_checkpointing:.0f} to {memory.vitb_lora_fp32:.0f} MiB; turn it on before shrinking the
+adapter.
 
 ## Fused q/k/v projections (timm `qkv`, `nn.MultiheadAttention`)
 
-The presets adapt a fused projection whole (one rank-r LoRA on the layer, loadable by plain PEFT). The q/v slices at
-the same parameter count ended {fused.vit_qv:+.2f} +- {fused.vit_qv_std} points below on the ViT task and
-{fused.swin_qv:+.2f} +- {fused.swin_qv_std} on a Swin (5 paired seeds each; [fused qkv](results/fused_qkv.md)).
+The presets adapt a fused projection whole (one rank-r LoRA on the layer, loadable by plain PEFT). At the same
+parameter count the q/v slices ended {fused.vit_qv:+.2f} +- {fused.vit_qv_std} points from whole-layer LoRA on the
+ViT task and {fused.swin_qv:+.2f} +- {fused.swin_qv_std} on a Swin (5 paired seeds each;
+[fused qkv](results/fused_qkv.md)).
 Slices would become the default only where a slice variant beats whole-layer LoRA by at least two standard errors of
 the paired difference on both tasks; `tests/test_evidence.py` applies that rule to the results files and checks the
 default (`peft_vision_ext.fused.slices.PRESET_FUSED`) against it.

@@ -51,14 +51,13 @@ class Choice:
         return quoted_keys(" ".join(self.why + self.alternatives))
 
 
-_ANY_MEMORY = MEMORY_LEVELS
 _VIT_KINDS = ("transformer", "hybrid")
 _ALTERNATIVE_ADALORA_VIT = (
     "AdaLoRA (preset_config(model, 'adalora', r=8): adaptive ranks, final budget of LoRA r=8): on par with LoRA on our "
     "ViT task ({adalora.vit:+.2f} +- {adalora.vit_std} points, 5 paired seeds; PEFT's own AdaLoRA defaults "
     "{adalora.vit_peft_defaults:+.2f}); process peak {adalora.peak_low}-{adalora.peak_high}x LoRA's")
 CHOICES: tuple[Choice, ...] = (
-    Choice(KINDS, True, _ANY_MEMORY, "lora", _LORA, MEASURED_LR, (
+    Choice(KINDS, True, MEMORY_LEVELS, "lora", _LORA, MEASURED_LR, (
         "bitsandbytes weights: LoRA trains and merges on 4- and 8-bit layers (the compatibility matrix refuses "
         "LoHa/LoKr on 4-bit, and AdaLoRA and IA3 cannot merge into them)",
         "on our ViT task LoRA r=8 on 4-bit weights ended {quantized.lora_4bit:+.2f} +- "
@@ -69,8 +68,7 @@ CHOICES: tuple[Choice, ...] = (
         "(gradient checkpointing on)",
     ), (
         "QPiSSA (LoraConfig(init_lora_weights='pissa') through peft_vision_ext.get_quantized_peft_model): starts "
-        "closer to the fp32 model; "
-        "{quantized.qpissa:+.2f} points from fp32 LoRA on our ViT task (5 paired seeds)",
+        "closer to the fp32 model; {quantized.qpissa:+.2f} points from fp32 LoRA on our ViT task (5 paired seeds)",
     )),
     Choice(("cnn",), False, ("low",), "lokr", {"r": 8, "alpha": 16}, MEASURED_LR, (
         "tight memory on a CNN: LoKr's Kronecker factors store the fewest parameters and adapt depthwise convs too: "
@@ -154,7 +152,7 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
     detection = detect_family(model)
     if detection is None:
         raise NotAVisionModelError(f"recommend found no Linear or Conv2d layer in {type(model).__name__}.")
-    if memory not in (None, "low", "normal", "high"):
+    if memory not in (None, *MEMORY_LEVELS):
         raise ValueError(f"memory must be 'low', 'normal' or 'high'; got {memory!r}.")
     bits = {"4bit": 4, "8bit": 8, 4: 4, 8: 8, None: None}.get(quantization, -1)
     if bits == -1:
@@ -166,8 +164,9 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
     if bits is not None:
         reasons.insert(1, f"{bits}-bit weights")
     if memory == "low" and choice.method == "lora" and detection.kind != "cnn":
-        reasons.append("tight memory: activations dominate ViT training memory; enable gradient checkpointing "
-                       "before shrinking the adapter")
+        reasons.append(quote("tight memory: activations dominate ViT training memory; gradient checkpointing took "
+                             "a ViT-B/16's fp32 LoRA peak from {memory.vitb_lora_fp32_no_checkpointing:.0f} to "
+                             "{memory.vitb_lora_fp32:.0f} MiB: enable it before shrinking the adapter"))
     reasons.append(f"learning rate {choice.learning_rate:g}: the rate every adapter run of our benchmarks used "
                    "(full fine-tuning needs ~10x less); not measured on ImageNet-pretrained models")
     kwargs = dict(choice.kwargs)
