@@ -59,3 +59,24 @@ def test_renamed_modules_to_save_are_translated_and_existing_ones_kept():
     assert translate_config(model, lora, check_target_module_exists)
     assert set(lora.target_modules) == {"vit.layers.0.attention.q_proj", "vit.layers.1.attention.q_proj"}
     assert lora.modules_to_save == ["vit.layers.0.mlp.fc1", "vit.layers.1.mlp.fc1", "classifier"]
+
+
+def test_a_new_config_with_4x_names_is_told_what_happened_to_it(caplog):
+    """A brand-new LoraConfig(target_modules=["query", "value"]) on transformers 5: the message speaks of this
+    config (its new targets and the names to pass), not of a saved adapter or weights, which do not exist."""
+    import pytest
+
+    if transformers.__version__.startswith("4."):
+        pytest.skip("nothing is renamed on transformers 4")
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    image_size=32, patch_size=8, num_labels=3)
+    model = transformers.ViTForImageClassification(config)
+    with caplog.at_level(logging.WARNING, logger="peft_vision_ext"):
+        peft_model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query", "value"]))
+    messages = [r.getMessage() for r in caplog.records if "transformers 4.x" in r.getMessage()]
+    assert len(messages) == 1
+    assert "this config now targets 4 modules" in messages[0]
+    assert "target_modules=['q_proj', 'v_proj']" in messages[0]
+    assert "adapter" not in messages[0] and "weights" not in messages[0]
+    assert set(peft_model.peft_config["default"].target_modules) == {
+        f"vit.layers.{i}.attention.{p}_proj" for i in range(2) for p in "qv"}
