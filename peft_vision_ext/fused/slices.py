@@ -118,10 +118,8 @@ def request_of(config: Any) -> FusedRequest | None:
 
 def request_preset_slices(config: Any, roles: Iterable[Any], fused: str = PRESET_FUSED) -> None:
     """A preset's request: with ``fused="slices"`` the q/k/v (and o) roles it selects become slices; with
-    ``"whole"`` fused layers are left to PEFT's whole-layer LoRA. An explicit request is kept."""
-    if fused not in FUSED_CHOICES:
-        raise FusedSlicesError(f"fused={fused!r}: use 'whole' (one LoRA on each fused q/k/v layer) or 'slices' (the "
-                               "preset's q/k/v slices, each its own LoRA).")
+    ``"whole"`` fused layers are left to PEFT's whole-layer LoRA. An explicit request is kept. ``fused`` is one of
+    ``FUSED_CHOICES`` (preset_config checks what users pass)."""
     if fused == "whole" or method_name(config) != "lora" or request_of(config) is not None:
         return
     roles = {getattr(role, "value", role) for role in roles}
