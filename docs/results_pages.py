@@ -54,27 +54,25 @@ def _share(value: float) -> str:
     return f"{value * 100:.2f} %"
 
 
-def accuracy_mobilenet() -> str:
-    data = _load("results/accuracy_mobilenet.json")
-    full = next(row for row in data["rows"] if row["variant"] == "full fine-tuning")["accuracy_mean"]
+def _accuracy(file: str, reference: str, label: str, pretrained_here: bool) -> str:
+    """One accuracy benchmark's table; "vs ``label``" is each variant's mean minus the ``reference`` row's."""
+    data = _load(file)
+    base = next(row for row in data["rows"] if row["variant"] == reference)["accuracy_mean"]
     columns = [("variant", "l"), ("trainable params", "r"), ("share", "r"), ("accuracy % (mean ± std)", "r"),
-               ("vs full FT", "r"), ("s / epoch", "r"), ("peak MB", "r")]
+               (f"vs {label}", "r"), ("s / epoch", "r"), ("peak MB", "r")]
     rows = [[row["variant"], f"{row['trainable']:,}", _share(row["trainable_share"]),
-             _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['accuracy_mean'] - full:+.2f}",
+             _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['accuracy_mean'] - base:+.2f}",
              f"{row['seconds_per_epoch']:.1f}", f"{row['peak_mib']:.0f}"] for row in data["rows"]]
-    return "\n".join([_source("results/accuracy_mobilenet.json", data["machine"]), "", *_table(columns, rows)])
+    pretraining = [_pretraining(data)] if pretrained_here else []
+    return "\n".join([_source(file, data["machine"]), *pretraining, "", *_table(columns, rows)])
+
+
+def accuracy_mobilenet() -> str:
+    return _accuracy("results/accuracy_mobilenet.json", "full fine-tuning", "full FT", pretrained_here=False)
 
 
 def accuracy_vit() -> str:
-    data = _load("results/accuracy_vit.json")
-    lora = next(row for row in data["rows"] if row["variant"] == "LoRA")["accuracy_mean"]
-    columns = [("variant", "l"), ("trainable params", "r"), ("share", "r"), ("accuracy % (mean ± std)", "r"),
-               ("vs fp32 LoRA", "r"), ("s / epoch", "r"), ("peak MB", "r")]
-    rows = [[row["variant"], f"{row['trainable']:,}", _share(row["trainable_share"]),
-             _mean_std(row["accuracy_mean"], row["accuracy_std"]), f"{row['accuracy_mean'] - lora:+.2f}",
-             f"{row['seconds_per_epoch']:.1f}", f"{row['peak_mib']:.0f}"] for row in data["rows"]]
-    pretraining = _pretraining(data)
-    return "\n".join([_source("results/accuracy_vit.json", data["machine"]), pretraining, "", *_table(columns, rows)])
+    return _accuracy("results/accuracy_vit.json", "LoRA", "fp32 LoRA", pretrained_here=True)
 
 
 def quantized_lora_variants() -> str:
