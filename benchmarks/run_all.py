@@ -1,9 +1,9 @@
 """Run every benchmark and print its table: accuracy (MobileNetV2 -> MNIST-5k; a ViT pretrained here), detection
 (ImageNet MobileNetV2 FCOS -> MNIST digit boxes), LoRA variants on a 4-bit ViT (QPiSSA, QOLoRA, DoRA), LoRA on
-fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, AdaLoRA conv speed, quantized ViT
-memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of each (fewer seeds, epochs,
-steps and a smaller batch; its numbers are not results). JSON and plots go to benchmarks/results/ (speed and memory
-JSON next to their scripts).
+fused qkv (whole vs q/v slices), AdaLoRA's vision defaults vs PEFT's vs LoRA, SSF and AdaptFormer vs LoRA, AdaLoRA
+conv speed, quantized ViT memory, plugin overhead, 4-bit CPU layouts and routing. ``--quick`` is a smoke test of
+each (fewer seeds, epochs, steps and a smaller batch; its numbers are not results). JSON and plots go to
+benchmarks/results/ (speed and memory JSON next to their scripts).
 
     python benchmarks/run_all.py [--quick] [--skip memory speed ...]
 """
@@ -24,6 +24,7 @@ BENCHMARKS = {  # name -> (script, full arguments, quick arguments)
     "detection": ("detection.py", [], ["--quick"]),
     "fused-qkv": ("fused_qkv.py", ["--seeds", "5"], ["--quick"]),
     "adalora-vision": ("adalora_vision.py", [], ["--quick"]),
+    "vision-methods": ("vision_methods.py", [], ["--quick"]),
     "speed": ("adalora_conv_speed.py", [], ["--steps", "2", "--size", "128", "--batch", "4"]),
     "memory": ("quantized_vit_memory.py", [], ["--steps", "1", "--batch", "1"]),
     "fsdp-memory": ("fsdp_memory.py", [], ["--image-size", "64", "--batch", "2", "--steps", "1"]),

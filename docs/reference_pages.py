@@ -52,6 +52,7 @@ API_GROUPS: dict[str, list[str]] = {
     "Compatibility matrix": ["check", "recommend", "allow_unsupported", "matrix_markdown", "LayerKind"],
     "Fused projections": ["use_fused_slices"],
     "AdaLoRA": ["AdaLoraCallback", "use_adalora_init"],
+    "Vision methods (this plugin's PEFT methods)": ["SSFConfig", "AdaptFormerConfig"],
     "Quantization": ["quantize", "bnb_config", "get_quantized_peft_model", "merge_and_unload", "storage_bytes"],
     "Sharing adapters": ["describe", "load_adapter"],
     "Exceptions": ["PresetError", "UnknownPresetError", "EmptyPresetError", "NotAVisionModelError",

@@ -295,6 +295,66 @@ def compat_grid() -> str:
     return "\n".join([source, "", *_table(columns, rows)])
 
 
+def _vision_methods_table(rows: list[dict], fp32_column: bool) -> list[str]:
+    columns = [("variant", "l"), ("trainable params", "r"), ("accuracy % (mean ± std)", "r"),
+               ("vs LoRA r=8, paired", "r"), *([("vs its fp32 run, paired", "r")] if fp32_column else []),
+               ("s / epoch", "r"), ("peak MB", "r")]
+    table = [[row["variant"], f"{row['trainable']:,}", _mean_std(row["accuracy_mean"], row["accuracy_std"]),
+              _mean_std(row["paired_vs_lora_mean"], row["paired_vs_lora_std"], sign=True),
+              *([_mean_std(row["paired_vs_fp32_mean"], row["paired_vs_fp32_std"], sign=True)
+                 if "paired_vs_fp32_mean" in row else ""] if fp32_column else []),
+              f"{row['seconds_per_epoch']:.1f}", f"{row['peak_mib']:.0f}"] for row in rows]
+    return _table(columns, table)
+
+
+def vision_methods(task: str) -> str:
+    """One task's table of vision_methods.py (``vit``: fp32 and 4-bit rows; ``mobilenet``)."""
+    data = _load("results/vision_methods.json")
+    settings = data["settings"]
+    if task == "vit":
+        head = [_pretraining(data), f"{settings['epochs']} epochs, {settings['seeds']} paired seeds."]
+        rows = _vision_methods_table(data["vit_rows"], fp32_column=True)
+    else:
+        head = [f"{settings['mobilenet_epochs']} epochs, {settings['seeds']} paired seeds."]
+        rows = _vision_methods_table(data["mobilenet_rows"], fp32_column=False)
+    return "\n".join([_source("results/vision_methods.json", data["machine"]), *head, "", *rows])
+
+
+def vision_methods_timing() -> str:
+    timing = _load("results/vision_methods.json")["ssf_merged_forward"]
+    low, high = timing["merged_over_base_round_ratios_iqr"]
+    seconds = timing["median_seconds"]
+    return "\n".join([
+        f"Forward of a batch of {timing['batch']} (the ViT task's backbone), median of {timing['repeats']} rounds "
+        "that time the three models back to back:", "",
+        *_table([("model", "l"), ("median ms", "r"), ("/ base model", "r")], [
+            ["base model", f"{1000 * seconds['base']:.2f}", "1.000"],
+            ["SSF merged (merge_and_unload)", f"{1000 * seconds['merged']:.2f}", f"{timing['merged_over_base']:.3f}"],
+            ["SSF unmerged", f"{1000 * seconds['unmerged']:.2f}", f"{timing['unmerged_over_base']:.3f}"]]),
+        "", f"Per-round ratio merged / base: interquartile range {low:.3f}-{high:.3f}. Merged and unmerged outputs "
+        f"differ by at most {timing['merged_vs_unmerged_max_diff']:.1e}."])
+
+
+def vision_methods_summary() -> str:
+    """The guide's short table: SSF against LoRA r=8 on both tasks and on the 4-bit ViT."""
+    data = _load("results/vision_methods.json")
+    vit = {row["variant"]: row for row in data["vit_rows"]}
+    mobilenet = {row["variant"]: row for row in data["mobilenet_rows"]}
+    lines = [f"Paired seeds ({data['settings']['seeds']}), mean ± std of the per-seed difference, in accuracy points "
+             "([Vision methods](../results/vision_methods.md)):", "",
+             *_table([("task", "l"), ("SSF params", "r"), ("LoRA r=8 params", "r"), ("SSF - LoRA r=8", "r"),
+                      ("SSF lr 1e-2 - LoRA r=8", "r")], [
+                 [name, f"{rows['SSF']['trainable']:,}", f"{rows['LoRA r=8']['trainable']:,}",
+                  _mean_std(rows["SSF"]["paired_vs_lora_mean"], rows["SSF"]["paired_vs_lora_std"], sign=True),
+                  _mean_std(rows["SSF lr 1e-2"]["paired_vs_lora_mean"], rows["SSF lr 1e-2"]["paired_vs_lora_std"],
+                            sign=True)]
+                 for name, rows in (("ViT (digits 5-9)", vit), ("MobileNetV2 (MNIST-5k)", mobilenet))]),
+             "", "On the 4-bit ViT, each against its own fp32 run: " + "; ".join(
+                 f"{name} {_mean_std(vit[name]['paired_vs_fp32_mean'], vit[name]['paired_vs_fp32_std'], sign=True)}"
+                 for name in vit if "paired_vs_fp32_mean" in vit[name]) + "."]
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "results:accuracy_mobilenet": accuracy_mobilenet,
     "results:accuracy_vit": accuracy_vit,
@@ -310,4 +370,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "results:fsdp_memory": fsdp_memory,
     "results:preset_coverage": preset_coverage,
     "results:compat_grid": compat_grid,
+    "results:vision_methods:vit": lambda: vision_methods("vit"),
+    "results:vision_methods:mobilenet": lambda: vision_methods("mobilenet"),
+    "results:vision_methods:timing": vision_methods_timing,
+    "results:vision_methods_summary": vision_methods_summary,
 }

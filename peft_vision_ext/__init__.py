@@ -11,8 +11,8 @@ The package is layered; a module imports only from its own layer's ``:``-joined 
 public face                 this module, ``__main__``, ``cli``, ``train`` (the quick-start job), ``envinfo``
 PEFT integration            ``peft_hooks``: the one list of patches (:data:`~peft_vision_ext.peft_hooks.HOOKS`)
 sharing and analysis        ``hub`` (cards, ``load_adapter``) | ``compat`` (``check``, enforcement, verification)
-features                    ``detection`` | ``quantization``; ``presets`` (resolution); ``adalora`` | ``fused``;
-                            ``distributed`` | ``data``
+features                    ``detection`` | ``quantization``; ``presets`` (resolution); ``adalora`` | ``fused`` |
+                            ``tuners`` (the plugin's own PEFT methods: SSF, AdaptFormer); ``distributed`` | ``data``
 data                        ``card_facts``; ``families`` (the family registry) | ``matrix`` (methods, grid, verdicts)
 layer math                  ``layers``: layer kinds, the forward probe, bitsandbytes' CPU layout, DTensor shards
 base facts                  ``errors``, ``versions``, ``targets``, ``module_refs``, ``fingerprints``,
@@ -47,6 +47,7 @@ from .fused import use_fused_slices
 from .hub import load_adapter
 from .presets import PRESETS, list_presets, preset_config, resolve_targets
 from .quantization import bnb_config, get_quantized_peft_model, merge_and_unload, quantize, storage_bytes
+from .tuners import AdaptFormerConfig, SSFConfig
 from .versions import __version__
 
 __all__ = [
@@ -57,7 +58,7 @@ __all__ = [
     "matrix_markdown", "LayerKind", "quantize", "get_quantized_peft_model", "bnb_config", "merge_and_unload",
     "storage_bytes",
     "QuantizationError", "describe", "load_adapter", "AdapterLoadError", "BaseModelMismatchError",
-    "use_fused_slices", "FusedSlicesError", "use_adalora_init",
+    "use_fused_slices", "FusedSlicesError", "use_adalora_init", "SSFConfig", "AdaptFormerConfig",
 ]
 
 

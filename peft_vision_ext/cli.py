@@ -16,7 +16,7 @@ from .matrix.verdicts import KINDS, config_class, docs_markdown, entry, matrix_m
 from .models import build_model
 from .presets import preset_config
 from .presets.report import presets_table
-from .train import TrainSettings, run
+from .train import TrainSettings, rank_kwargs, run
 from .versions import peft_version
 
 
@@ -34,7 +34,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def _config_from_args(model: object, args: argparse.Namespace) -> object:
     kwargs: dict = {}
     if args.rank is not None:
-        kwargs["r"] = args.rank  # AdaLoRA: the LoRA rank whose final budget it matches (target_r = r)
+        # AdaLoRA: the LoRA rank whose final budget it matches (target_r = r); AdaptFormer: its bottleneck
+        kwargs.update(rank_kwargs(args.method, args.rank))
     if args.method == "adalora":
         kwargs["total_step"] = 1000
     if args.target_modules:
@@ -46,8 +47,6 @@ def _config_from_args(model: object, args: argparse.Namespace) -> object:
 
 
 def _explicit_config(method: str, kwargs: dict) -> object:
-    if method == "ia3":
-        kwargs.pop("r", None)
     return config_class(method)(**kwargs)
 
 
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     presets.add_argument("--num-classes", type=int, default=None, help="size of the classification head")
     presets.set_defaults(func=_cmd_presets)
 
-    methods = ["lora", "loha", "lokr", "adalora", "ia3", "oft", "boft", "vera", "fourierft"]
+    methods = ["lora", "loha", "lokr", "adalora", "ia3", "oft", "boft", "vera", "fourierft", "ssf", "adaptformer"]
     check = commands.add_parser("check", help="dry run: per targeted module its layer kind, whether the method can "
                                 "train/merge it, adapter vs base parameters (exit 1 when refused)")
     check.add_argument("model", help="timm:NAME, torchvision:NAME or hf:PATH_OR_MODEL_TYPE (random init)")
@@ -154,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.set_defaults(func=_cmd_recommend)
 
     train = commands.add_parser("train", help="quick start: MobileNetV2 (ImageNet) -> MNIST with an adapter")
-    train.add_argument("--method", default="lora", choices=["lora", "loha", "lokr", "adalora"])
+    train.add_argument("--method", default="lora", choices=["lora", "loha", "lokr", "adalora", "ssf", "adaptformer"])
     train.add_argument("--preset", default=None, help="preset name (default: the family's default)")
     train.add_argument("--rank", type=int, default=8)
     train.add_argument("--epochs", type=int, default=2)

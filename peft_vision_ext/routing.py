@@ -32,7 +32,10 @@ from torch.overrides import TorchFunctionMode
 from .targets import method_name
 
 #: Methods whose wrappers compute through their base layer and add a delta (verified per method in the tests).
-ROUTABLE_METHODS = frozenset({"lora", "loha", "lokr", "adalora", "vera", "fourierft", "oft"})
+ROUTABLE_METHODS = frozenset({"lora", "loha", "lokr", "adalora", "vera", "fourierft", "oft", "ssf"})
+#: Routable methods whose merge writes the layer's own bias (SSF's shift): a parent that passes its own bias to
+#: F.linear never reads it, so their merge into a routed layer is refused (training and reloading are exact).
+BIAS_MERGING_METHODS = frozenset({"ssf"})
 #: Where enforce_injection leaves the targets to route for one injection (outside adapter_config.json); the
 #: direct-weight-routing hook routes them once PEFT has wrapped them.
 ROUTED_ATTRIBUTE = "_peft_vision_ext_routed"

@@ -67,6 +67,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
+#: The config option that plays the rank's part, where it is not ``r`` (None: no rank: IA3's and SSF's vectors are
+#: one value per channel; AdaptFormer's bottleneck width).
+RANK_OPTIONS: dict[str, str | None] = {"ia3": None, "ssf": None, "adaptformer": "bottleneck"}
+
+
+def rank_kwargs(method: str, rank: int) -> dict[str, int]:
+    """``{"r": rank}``, or the method's own rank option (``{}`` for methods without one)."""
+    option = RANK_OPTIONS.get(method, "r")
+    return {} if option is None else {option: rank}
+
+
 def method_config(model: nn.Module, method: str, preset: str | None = None, rank: int = 8,
                   total_steps: int | None = None) -> object:
     """The config this package's jobs use for ``method`` at ``rank`` (alpha = 2 x rank). AdaLoRA: the final budget
@@ -82,7 +93,7 @@ def method_config(model: nn.Module, method: str, preset: str | None = None, rank
     elif method in ("loha", "lokr"):
         kwargs = dict(r=rank, alpha=2 * rank)
     else:
-        kwargs = dict(r=rank)
+        kwargs = rank_kwargs(method, rank)
     return preset_config(model, method, preset, **kwargs)
 
 

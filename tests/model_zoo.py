@@ -160,7 +160,32 @@ METHOD_CONFIGS: dict[str, Callable[[], object]] = {
     "lokr": lambda: __import__("peft").LoKrConfig(r=4),
     "ia3": lambda: __import__("peft").IA3Config(),
     "adalora": lambda: __import__("peft").AdaLoraConfig(init_r=4, target_r=2, total_step=10),
+    "ssf": lambda: __import__("peft_vision_ext").SSFConfig(),
+    "adaptformer": lambda: __import__("peft_vision_ext").AdaptFormerConfig(),
 }
+
+
+def awake(model: nn.Module) -> nn.Module:
+    """Random init hides adapter effects where a scale starts at (or near) zero: timm ConvNeXt's 1e-6 layer scale,
+    torchvision ViT's zero head, zero-initialised residual branches. Give such parameters ordinary values."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and parameter.abs().max() < 1e-3:
+                parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+def adaptformer_refuses(model: nn.Module) -> bool:
+    """Whether AdaptFormer's default preset ("blocks") finds no module to sit beside on ``model`` (split MLPs, or a
+    CNN without residual blocks such as MobileNetV1): get_peft_model then raises EmptyPresetError."""
+    from peft_vision_ext import EmptyPresetError, resolve_targets
+
+    try:
+        resolve_targets(model, "blocks")
+    except EmptyPresetError:
+        return True
+    return False
 
 
 def all_models() -> dict[str, tuple[str, Callable[[], nn.Module], tuple[int, ...]]]:

@@ -102,7 +102,8 @@ def test_new_layer_kinds_are_detected_structurally() -> None:
     assert layer_kind(MyConv3d(2, 2, 3)) is LayerKind.CONV3D
     assert layer_kind(nn.ConvTranspose2d(2, 2, 2, stride=2)) is LayerKind.CONV_TRANSPOSE2D
     assert layer_kind(nn.Embedding(4, 8)) is LayerKind.EMBEDDING
-    assert layer_kind(nn.LayerNorm(8)) is LayerKind.OTHER
+    assert layer_kind(nn.LayerNorm(8)) is LayerKind.NORM
+    assert layer_kind(nn.PReLU()) is LayerKind.OTHER
     wrapped = get_peft_model(tiny_model(LayerKind.CONV3D), cell_config("lora")).base_model.model.layer
     assert layer_kind(wrapped) is LayerKind.OTHER and layer_kind(wrapped.get_base_layer()) is LayerKind.CONV3D
 

@@ -52,7 +52,7 @@ def test_import_reads_no_data_file():
 
 
 def test_the_method_table_feeds_presets_matrix_and_verification():
-    assert SUPPORTED_METHODS == PRESET_METHODS == ("lora", "loha", "lokr", "adalora", "ia3")
+    assert SUPPORTED_METHODS == PRESET_METHODS == ("lora", "loha", "lokr", "adalora", "ia3", "ssf", "adaptformer")
     assert METHOD_NAMES == {row.name: row.title for row in CURATED_ROWS}
     for row in CURATED_ROWS:
         config = cell_config(row.name)

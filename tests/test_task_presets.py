@@ -13,7 +13,7 @@ from torch import nn
 
 import peft_vision_ext as pve
 from peft_vision_ext.hub.card import infer_task
-from peft_vision_ext.presets import PRESETS, detect_family, list_presets, resolve_default, resolve_targets
+from peft_vision_ext.presets import PRESETS, Role, detect_family, list_presets, resolve_default, resolve_targets
 from peft_vision_ext.presets.families import families
 
 CASES = dict(TASK_ZOO)
@@ -261,10 +261,14 @@ def test_towers_choose_nothing_on_a_vision_only_model():
         resolve_targets(model, "conv", towers="text")
 
 
-def test_norm_layers_of_heads_are_not_adapted():
+def test_norm_layers_are_adapted_only_by_presets_that_ask_for_them_never_inside_heads():
     model = _build("fcn_resnet50")
-    for modules in list_presets(model).values():
-        assert not any(isinstance(model.get_submodule(m), nn.BatchNorm2d) for m in modules)
+    heads = detect_family(model).heads
+    for name, modules in list_presets(model).items():
+        norms = [m for m in modules if isinstance(model.get_submodule(m), nn.BatchNorm2d)]
+        if Role.NORM not in PRESETS[name].roles:  # only SSF's presets select norms
+            assert not norms, name
+        assert not [m for m in norms for head in heads if m == head or m.startswith(head + ".")], name
 
 
 def test_docs_task_table_matches_the_registry():

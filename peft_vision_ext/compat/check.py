@@ -41,8 +41,8 @@ from ..matrix.verdicts import (
 )
 from ..module_refs import list_held_modules
 from ..patching import SKIPPED
-from ..presets import complete_config, dropped
-from ..routing import ROUTABLE_METHODS, routable
+from ..presets import PRESETS, complete_config, dropped
+from ..routing import BIAS_MERGING_METHODS, ROUTABLE_METHODS, routable
 from ..targets import method_name, targeted_modules
 from ..versions import peft_version
 
@@ -276,6 +276,15 @@ def _not_routable(method: str, parent: str) -> Verdict:
                    f"{routable} (LoRA without DoRA) on these layers; or leave them out (preset 'mlp')")
 
 
+def routed_merge_refusal(method: str, parent: str) -> Verdict:
+    """Merging a bias-writing method (SSF) into a layer whose parent passes its own bias to F.linear."""
+    return Verdict(Status.REFUSED, f"{parent} computes F.linear(x, layer.weight, its own bias): {title(method)}'s "
+                   "merge moves its shift into the layer's bias, which that call never reads (training, saving and "
+                   "reloading are exact: the call is routed through the adapter)",
+                   "keep the adapter unmerged, or leave these layers out (SSF's default preset, target_modules=None, "
+                   "does)")
+
+
 def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
     """The report without parameter counts (what the enforcement hook needs): one forward with read-only hooks
     (:func:`~peft_vision_ext.compat.probe.observe`) tells which targets the model calls, which it reads through
@@ -308,6 +317,8 @@ def inspect_targets(model: nn.Module, config: Any) -> CompatReport:
             train = merge = _not_routable(label, observation.weight_reads[path])
         elif routed and ROUTING_HOOK in SKIPPED:
             train = merge = _routing_skipped(observation.weight_reads[path], SKIPPED[ROUTING_HOOK].reason)
+        elif routed and method in BIAS_MERGING_METHODS and merge.status.allowed:
+            merge = routed_merge_refusal(method, observation.weight_reads[path])
         modules.append(ModuleCheck(path, kind, train, merge, _logical_params(module), routed=routed))
     unverified = [m for m in modules if m.train.status is Status.UNVERIFIED]
     if modules and len(unverified) == len(modules) and all(entry(row, k, version) is None
@@ -352,6 +363,8 @@ def _stand_in(module: nn.Module, kind: LayerKind) -> nn.Module | None:
                          module.padding, module.dilation, module.groups, bias=module.bias is not None)
     if kind is LayerKind.EMBEDDING:
         return skip_init(nn.Embedding, module.num_embeddings, module.embedding_dim)
+    if kind in (LayerKind.NORM, LayerKind.BLOCK):  # a copy is its own stand-in (blocks: counted once per shape)
+        return copy.deepcopy(module)
     return None
 
 
@@ -362,7 +375,9 @@ _SHAPE_ATTRIBUTES = ("in_features", "out_features", "in_channels", "out_channels
 def _shape_key(module: nn.Module, kind: LayerKind) -> tuple:
     """What makes two layers' adapters the same size (the stand-in's arguments), without allocating a stand-in."""
     bias = getattr(module, "bias", None) is not None or getattr(module, "in_proj_bias", None) is not None
-    return (kind, type(module).__name__, bias, *(getattr(module, name, None) for name in _SHAPE_ATTRIBUTES))
+    # norms and blocks (their stand-in is a copy): told apart by their parameters' shapes
+    shapes = tuple(tuple(p.shape) for p in module.parameters()) if kind in (LayerKind.NORM, LayerKind.BLOCK) else ()
+    return (kind, type(module).__name__, bias, shapes, *(getattr(module, name, None) for name in _SHAPE_ATTRIBUTES))
 
 
 def _is_feedforward(config: Any, path: str) -> bool:
@@ -415,7 +430,7 @@ def check(model: nn.Module, config: Any) -> CompatReport:
     report = inspect_targets(model, config)
     prepare(model, config)  # on the copy: plans the fused layers LoRA adapts by slices
     plans = fused_plans(config)
-    detection = detect_family(model) if preset is not None else None
+    detection = detect_family(model) if preset in PRESETS else None  # block presets leave no layer out
     if detection is not None:
         report.dropped = dropped(detection, preset, method)
     report.total_params = sum(_logical_params(m) for m in model.modules() if not list(m.children()))

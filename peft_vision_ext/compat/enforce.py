@@ -14,9 +14,18 @@ from ..errors import UnsupportedCombinationError, name_list
 from ..layers.cpu_packing import keep_unpacked
 from ..layers.kinds import CONTAINERS, LayerKind, base_layer, layer_kind
 from ..matrix.verdicts import Operation
-from ..routing import ROUTED_ATTRIBUTE
+from ..routing import BIAS_MERGING_METHODS, ROUTED_ATTRIBUTE, routed_paths
 from ..versions import peft_at_least, peft_version
-from .check import CompatReport, ModuleCheck, _logical_params, enforcing, inspect_targets, method_name, row_verdicts
+from .check import (
+    CompatReport,
+    ModuleCheck,
+    _logical_params,
+    enforcing,
+    inspect_targets,
+    method_name,
+    routed_merge_refusal,
+    row_verdicts,
+)
 
 logger = logging.getLogger("peft_vision_ext")
 #: The first PEFT release that matches modules_to_save by whole path components (peft.utils.other._is_valid_match).
@@ -160,6 +169,7 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
 
     keep_unpacked(tuner.model)  # merging reads 4-bit weights in bitsandbytes' standard layout
     names = adapter_names or list(getattr(tuner, "active_adapters", None) or [])
+    routed = set(routed_paths(tuner.model))
     for adapter in names:
         config = tuner.peft_config.get(adapter)
         if config is None:
@@ -172,6 +182,8 @@ def enforce_merge(tuner: Any, adapter_names: list[str] | None) -> None:
             base = base_layer(module)
             kind = layer_kind(base)
             train, merge = row_verdicts(method, config, kind, base, path, peft_version())
+            if path in routed and method in BIAS_MERGING_METHODS:
+                merge = routed_merge_refusal(method, path.rpartition(".")[0] or "the model")
             modules.append(ModuleCheck(path, kind, train, merge, _logical_params(base)))
         report = CompatReport(method, str(peft_version()), modules, total_params=0)
         error = report.error(Operation.MERGE)

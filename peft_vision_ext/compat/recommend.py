@@ -178,7 +178,8 @@ def recommend(model: nn.Module, quantization: Literal["4bit", "8bit"] | int | No
         reasons.append(f"segmentation: the decode head ({', '.join(segmentation)}) stays fully trainable "
                        "(modules_to_save)")
     config = preset_config(model, choice.method, preset, **kwargs)
-    kwargs = {**kwargs, "target_modules": sorted(config.target_modules),
+    targets = config.target_modules  # a set, or one regular expression where names alone would be ambiguous
+    kwargs = {**kwargs, "target_modules": targets if isinstance(targets, str) else sorted(targets),
               "modules_to_save": list(config.modules_to_save or [])}
     return Recommendation(choice.method, preset, kwargs, choice.learning_rate, reasons,
                           [quote(text) for text in choice.alternatives], config)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..fused import use_fused_slices
 from ..layers.kinds import QUANTIZED_KINDS, LayerKind
-from ..matrix.rows import CURATED_BY_NAME, row_for
+from ..matrix.rows import CURATED_BY_NAME, config_of, row_for
 from ..quantization.bnb_layers import quantized_linear
 
 FEATURES = 64  # multiple of bitsandbytes' 4-bit block size and of the orthogonal methods' block sizes
@@ -95,6 +95,14 @@ def tiny_layer(kind: LayerKind, seed: int = 0, fused: bool = False) -> nn.Module
         return nn.ConvTranspose2d(CHANNELS, 2 * CHANNELS, 2, stride=2)
     if kind is LayerKind.EMBEDDING:
         return nn.Embedding(VOCABULARY, FEATURES)
+    if kind is LayerKind.BLOCK:  # a transformer's MLP block
+        return nn.Sequential(nn.Linear(FEATURES, 2 * FEATURES), nn.GELU(), nn.Linear(2 * FEATURES, FEATURES))
+    if kind is LayerKind.NORM:  # the transformer blocks' norm, with its affine parameters moved off 1 / 0
+        norm = nn.LayerNorm(FEATURES)
+        with torch.no_grad():
+            norm.weight.normal_(1.0, 0.1)
+            norm.bias.normal_(0.0, 0.1)
+        return norm
     raise ValueError(f"no tiny layer for kind {kind}")
 
 
@@ -177,7 +185,7 @@ def cell_config(method: str, target: str = "layer", kind: LayerKind | None = Non
             options["r"] = CHANNELS  # LoRA's own rank condition (a multiple of groups) is the LoRA row's verdict
         if row.peft_type == "ia3":
             options["feedforward_modules"] = [target]
-        return getattr(peft, row.config)(target_modules=[target], **options)
+        return config_of(row)(target_modules=[target], **options)
     row = CURATED_BY_NAME[method]
     options = dict(row.options, feedforward_modules=[target]) if method == "ia3" else row.options
     if method == "lora-slices":

@@ -29,9 +29,11 @@ Library = Literal["timm", "transformers", "torchvision", "any"]
 #: them; the pointwise (Linear) MLPs for ConvNeXt-style hybrids.
 KIND_DEFAULTS: dict[str, dict[str, str]] = {
     "transformer": {"lora": "attention", "adalora": "attention", "loha": "attention", "lokr": "attention",
-                    "ia3": "attention+mlp"},
-    "cnn": {"lora": "conv", "adalora": "conv", "loha": "conv+depthwise", "lokr": "conv+depthwise", "ia3": "conv"},
-    "hybrid": {"lora": "mlp", "adalora": "mlp", "loha": "all", "lokr": "all", "ia3": "mlp"},
+                    "ia3": "attention+mlp", "ssf": "ssf", "adaptformer": "blocks"},
+    "cnn": {"lora": "conv", "adalora": "conv", "loha": "conv+depthwise", "lokr": "conv+depthwise", "ia3": "conv",
+            "ssf": "norm+linear", "adaptformer": "blocks"},
+    "hybrid": {"lora": "mlp", "adalora": "mlp", "loha": "all", "lokr": "all", "ia3": "mlp", "ssf": "norm+linear",
+               "adaptformer": "blocks"},
 }
 
 #: Top-level children that are task heads in transformers/torchvision models.

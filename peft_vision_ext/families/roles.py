@@ -15,7 +15,7 @@ from enum import Enum
 
 from torch import nn
 
-from ..layers.kinds import LayerKind, layer_kind
+from ..layers.kinds import NORM_TYPES, LayerKind, layer_kind
 from ..layers.kinds import is_linear as _is_linear
 from ..module_refs import list_held_modules
 
@@ -60,15 +60,6 @@ ATTENTION_ROLES = frozenset({Role.Q, Role.K, Role.V, Role.QKV, Role.KV, Role.MHA
 LINEAR_ROLES = ATTENTION_ROLES | {Role.FC1, Role.FC2, Role.LINEAR}
 CONV_ROLES = frozenset({Role.CONV, Role.POINTWISE, Role.DEPTHWISE, Role.STEM})
 
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm2d,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
 
 # Last path component -> role, for Linear layers inside an attention block.
 _ATTENTION_NAMES: dict[str, Role] = {
@@ -218,7 +209,7 @@ def infer_layers(
         is_mha = isinstance(module, nn.MultiheadAttention)
         is_linear = _is_linear(module)
         is_conv = isinstance(module, nn.Conv2d)
-        is_norm = isinstance(module, _NORM_TYPES)
+        is_norm = isinstance(module, NORM_TYPES)
         if not (is_mha or is_linear or is_conv or is_norm) or id(module) in held:
             continue
         role: Role | None = None
@@ -255,3 +246,47 @@ def infer_layers(
             )
         )
     return layers
+
+
+# --------------------------------------------------------------------------------------------------
+# Blocks: whole modules a parallel adapter (AdaptFormer) sits beside.
+# --------------------------------------------------------------------------------------------------
+#: Residual conv blocks by class name: ResNet BasicBlock / Bottleneck (timm, torchvision), MobileNet / EfficientNet
+#: inverted residuals and depthwise-separable blocks, torchvision MBConv / CNBlock, timm ByobNet / RegNet blocks and
+#: SelectiveKernelBasic, transformers ResNet / MobileNetV2 layers.
+CONV_BLOCK_CLASS = re.compile(r"(Block|Bottleneck|Basic|InvertedResidual|DepthwiseSeparableConv|MBConv|BasicLayer"
+                              r"|BottleNeckLayer)$")
+
+
+def mlp_blocks(layers: Iterable[LayerInfo]) -> list[str]:
+    """Modules of the backbone that hold an MLP's expansion and contraction as their own children (timm
+    ``blocks.N.mlp``, transformers 5 ``layers.N.mlp``, torchvision ``encoder_layer_N.mlp``), in module order."""
+    roles: dict[str, set[Role]] = {}
+    for layer in layers:
+        if layer.role in (Role.FC1, Role.FC2) and layer.part is Part.BACKBONE and "." in layer.name:
+            roles.setdefault(layer.name.rpartition(".")[0], set()).add(layer.role)
+    return [parent for parent, found in roles.items() if found == {Role.FC1, Role.FC2}]
+
+
+def split_mlps(layers: Iterable[LayerInfo]) -> list[str]:
+    """Expansion layers whose contraction has another parent (transformers 4.x ViT-style ``intermediate.dense`` /
+    ``output.dense``): MLPs no single module holds."""
+    parents = {layer.name.rpartition(".")[0] for layer in layers if layer.role is Role.FC2}
+    return [layer.name for layer in layers
+            if layer.role is Role.FC1 and layer.part is Part.BACKBONE and layer.name.rpartition(".")[0] not in parents]
+
+
+def residual_blocks(model: nn.Module, heads: Iterable[str] = ()) -> list[str]:
+    """The outermost residual conv blocks (by class name, holding at least two convolutions) outside the task heads,
+    in module order."""
+    heads = tuple(heads)
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name == h or name.startswith(h + ".") for h in heads):
+            continue
+        if any(name.startswith(block + ".") for block in found):
+            continue
+        if CONV_BLOCK_CLASS.search(type(module).__name__) and sum(
+                isinstance(inner, nn.Conv2d) for inner in module.modules()) >= 2:
+            found.append(name)
+    return found

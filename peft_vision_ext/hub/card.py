@@ -24,6 +24,7 @@ from ..card_facts import (
 from ..families import detect_family
 from ..fingerprints import fingerprint, original_weights_fingerprint
 from ..fused.slices import fused_plans
+from ..matrix.rows import ROWS
 from ..matrix.verdicts import title as method_title
 from ..quantization.residual import RESIDUAL_KEY, residual_label
 from .metadata import (
@@ -158,6 +159,12 @@ def _section(meta: dict[str, Any]) -> str:
         rows.append(("Quantization", f"bitsandbytes {q['bits']}-bit{kind}{residual}"))
     if meta["dataset"]:
         rows.append(("Dataset", meta["dataset"]))
+    plugin_methods = sorted({method_title(a["method"]) for a in meta["adapters"].values()
+                             if a["method"] in ROWS and ROWS[a["method"]].plugin})
+    if plugin_methods:
+        rows.append(("Needs", f"`import peft_vision_ext` before loading: {', '.join(plugin_methods)} is a PEFT method "
+                              "this plugin registers (plain PEFT does not know its `peft_type`); "
+                              "`PeftModel.from_pretrained` and `load_adapter` then work as for LoRA"))
     lines = [START, "## Vision adapter (peft-vision-ext)", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in rows]
     if meta["metrics"]:

@@ -8,6 +8,13 @@ from torch import nn
 
 #: module containers: PEFT can neither adapt nor wrap them (ModulesToSaveWrapper refuses them)
 CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+#: normalisation layers (the matrix's ``norm`` kind; the family registry's norm role)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, InstanceNorm1d/2d/3d
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 class LayerKind(str, Enum):
@@ -29,6 +36,8 @@ class LayerKind(str, Enum):
     CONV3D = "conv3d"  # nn.Conv3d (video tubelet patch embeddings)
     CONV_TRANSPOSE2D = "conv-transpose2d"  # nn.ConvTranspose2d (mask heads, segmentation decoders)
     EMBEDDING = "embedding"  # nn.Embedding (query / class / position tables of DETR-style heads)
+    NORM = "norm"  # LayerNorm, BatchNorm, GroupNorm, InstanceNorm, RMSNorm (and subclasses: timm LayerNorm2d)
+    BLOCK = "block"  # a module holding Linear / Conv2d layers (an MLP block, a residual conv block): AdaptFormer
     OTHER = "other"  # anything else a config may target (LayerNorm, custom layers, ...): not verified here
 
     def __str__(self) -> str:
@@ -59,8 +68,29 @@ _DESCRIPTIONS = {
     LayerKind.CONV3D: "nn.Conv3d (video patch embeddings)",
     LayerKind.CONV_TRANSPOSE2D: "nn.ConvTranspose2d (mask heads, decoders)",
     LayerKind.EMBEDDING: "nn.Embedding",
+    LayerKind.NORM: "norm layers: LayerNorm, BatchNorm, GroupNorm, InstanceNorm, RMSNorm",
+    LayerKind.BLOCK: "a module holding Linear / Conv2d layers (an MLP block, a residual conv block)",
     LayerKind.OTHER: "any other module type",
 }
+
+
+def plain_norm(module: nn.Module) -> bool:
+    """A norm layer whose forward is the normalisation and its affine map only (timm's BatchNormAct2d also applies an
+    activation: not plain unless that is an identity). Dropout counts as plain: it is the identity at evaluation."""
+    return isinstance(module, NORM_TYPES) and all(isinstance(child, (nn.Identity, nn.Dropout))
+                                                  for child in module.children())
+
+
+#: What timm's fused norm + activation layers (BatchNormAct2d, GroupNormAct, LayerNormAct, ...) apply after the
+#: normalisation, in order: their forward is ``act(drop(norm(x)))``.
+NORM_ACT_CHILDREN = ("drop", "act")
+
+
+def norm_then_activation(module: nn.Module) -> bool:
+    """A timm norm + activation layer (``act(drop(norm(x)))``): the normalisation's output can be reached by
+    running it with those two children replaced by the identity."""
+    return (isinstance(module, NORM_TYPES) and type(module).__module__.startswith("timm.")
+            and {name for name, _ in module.named_children()} == set(NORM_ACT_CHILDREN))
 
 
 def _bnb_kind(module: nn.Module) -> LayerKind | None:
@@ -101,9 +131,14 @@ def layer_kind(module: nn.Module, input_ndim: int | None = None) -> LayerKind:
             return LayerKind.CONV2D_DILATED
         return LayerKind.CONV2D_1X1 if tuple(module.kernel_size) == (1, 1) else LayerKind.CONV2D
     if not hasattr(module, "base_layer"):  # PEFT dispatches on isinstance, so subclasses count (wrappers do not)
+        if isinstance(module, NORM_TYPES):
+            return LayerKind.NORM
         for cls, kind in _OTHER_LAYERS:
             if isinstance(module, cls):
                 return kind
+        if not isinstance(module, CONTAINERS) and any(
+                is_linear(inner) or isinstance(inner, nn.Conv2d) for inner in module.modules() if inner is not module):
+            return LayerKind.BLOCK
     return LayerKind.OTHER
 
 

@@ -33,6 +33,10 @@ class Row:
     identity_init: bool = True
     #: the plugin's presets (and its default targets) serve this method
     presets: bool = False
+    #: a method of this plugin (:mod:`peft_vision_ext.tuners`), registered with PEFT when the plugin is imported
+    plugin: bool = False
+    #: what to do instead where the grid measured this method's merge failing ("": the training alternatives)
+    merge_instead: str = ""
 
     @property
     def peft_type(self) -> str:
@@ -68,8 +72,6 @@ CURATED_ROWS: tuple[Row, ...] = (
 )
 CURATED: tuple[str, ...] = tuple(row.name for row in CURATED_ROWS)
 CURATED_BY_NAME: dict[str, Row] = {row.name: row for row in CURATED_ROWS}
-#: The methods the plugin's presets serve (``preset_config``, ``target_modules=None``).
-PRESET_METHODS: tuple[str, ...] = tuple(row.name for row in CURATED_ROWS if row.presets)
 
 LORA_VARIANTS: tuple[Row, ...] = (
     _lora("dora", "LoRA + DoRA", use_dora=True),
@@ -115,8 +117,20 @@ OTHER_METHODS: tuple[Row, ...] = (
     _row("waveft", "WaveFT", "WaveFTConfig", n_frequency=16),
 )
 
-GENERATED: tuple[Row, ...] = LORA_VARIANTS + OTHER_METHODS
+#: The PEFT methods this plugin adds (:mod:`peft_vision_ext.tuners`): measured by the same grid as PEFT's own.
+PLUGIN_METHODS: tuple[Row, ...] = (
+    Row("ssf", "SSF", "SSFConfig", presets=True, plugin=True, merge_instead=(
+        "merge on a full-precision copy: load the base model without quantization, load the adapter into it, then "
+        "merge_and_unload; or keep the adapter unmerged")),
+    Row("adaptformer", "AdaptFormer", "AdaptFormerConfig", presets=True, plugin=True, merge_instead=(
+        "keep the adapter unmerged: its branch is two small projections per block at inference (PeftModel.unload() "
+        "drops it)")),
+)
+
+GENERATED: tuple[Row, ...] = LORA_VARIANTS + OTHER_METHODS + PLUGIN_METHODS
 ROWS: dict[str, Row] = {row.name: row for row in GENERATED}
+#: The methods the plugin's presets serve (``preset_config``, ``target_modules=None``).
+PRESET_METHODS: tuple[str, ...] = tuple(row.name for row in CURATED_ROWS + PLUGIN_METHODS if row.presets)
 
 
 #: PEFT method types that are not rows (see the module docstring), by ``peft_type`` value.
@@ -145,8 +159,20 @@ def row_for(name: str) -> Row | None:
     return next((row for row in unknown_methods() if row.name == name), None)
 
 
-def installed(row: Row) -> bool:
-    """Whether the installed PEFT has the row's config class."""
+def config_of(row: Row) -> type:
+    """The row's config class: PEFT's, or for the plugin's own methods the one registered with PEFT (by the hook
+    ``vision-peft-methods``, when the plugin is imported)."""
+    if row.plugin:
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        return PEFT_TYPE_TO_CONFIG_MAPPING[row.name.upper()]
     import peft
 
-    return hasattr(peft, row.config)
+    return getattr(peft, row.config)
+
+
+def installed(row: Row) -> bool:
+    """Whether the installed PEFT has the row's config class (the plugin's own methods: always)."""
+    import peft
+
+    return row.plugin or hasattr(peft, row.config)

@@ -21,7 +21,7 @@ from ..evidence import measured, quote
 from ..layers.kinds import LayerKind
 from ..patching import skipped_hook_for
 from . import grid
-from .rows import CURATED_BY_NAME, CURATED_ROWS, LORA_VARIANTS, OTHER_METHODS, ROWS
+from .rows import CURATED_BY_NAME, CURATED_ROWS, LORA_VARIANTS, OTHER_METHODS, PLUGIN_METHODS, ROWS, config_of
 
 K = LayerKind
 
@@ -98,10 +98,8 @@ def peft_method(method: str) -> str:
 
 
 def config_class(method: str) -> type:
-    """PEFT's config class for a method of the matrix."""
-    import peft
-
-    return getattr(peft, CURATED_BY_NAME[method].config)
+    """PEFT's config class for a method of the matrix (the plugin's own methods: as registered with PEFT)."""
+    return config_of(CURATED_BY_NAME.get(method) or ROWS[method])
 
 
 LINEAR_KINDS = (K.LINEAR, K.LINEAR_4D)
@@ -319,7 +317,9 @@ def _measured_verdicts(row: str, kind: LayerKind, result: str, since: str | None
     if where == "needs-gpu":
         unverified = Verdict(Status.UNVERIFIED, f"{label}{grid.STAGES[where]}")
         return unverified, unverified
-    refused = _refused(f"{label}{grid.STAGES[where]} (measured: {message})", _alternatives(row, kind, since, results))
+    merge_instead = ROWS[row].merge_instead if row in ROWS else ""
+    instead = merge_instead if where == "merge" and merge_instead else _alternatives(row, kind, since, results)
+    refused = _refused(f"{label}{grid.STAGES[where]} (measured: {message})", instead)
     return (OK, refused) if where == "merge" else (refused, refused)
 
 
@@ -446,7 +446,7 @@ def config_rows(method: str, config: Any) -> list[str]:
 
 def kinds_supporting(method: str, operation: Operation, peft_version: Version) -> frozenset[LayerKind] | None:
     """Kinds where ``operation`` of ``method`` is allowed unconditionally (None: method not covered)."""
-    if method not in METHOD_NAMES:
+    if method not in METHOD_NAMES and method not in ROWS:
         return None
     found = (entry(method, kind, peft_version) for kind in KINDS)
     return frozenset(e.kind for e in found if e and e.verdict(operation).status.allowed and e.condition is None)
@@ -519,17 +519,19 @@ def _table(rows: list[str], notes: dict[tuple[str, str], int]) -> list[str]:
     return lines
 
 
-def measured_rows() -> tuple[list[str], list[str]]:
-    """(LoRA variant rows, other method rows) that the measured grid holds, in the order rows.py lists them."""
+def measured_rows() -> tuple[list[str], list[str], list[str]]:
+    """(LoRA variant rows, other PEFT method rows, the plugin's own method rows) that the measured grid holds, in the
+    order rows.py lists them."""
     present = {e.method for e in all_entries()}
-    return ([r.name for r in LORA_VARIANTS if r.name in present], [r.name for r in OTHER_METHODS if r.name in present])
+    return tuple([r.name for r in group if r.name in present]  # type: ignore[return-value]
+                 for group in (LORA_VARIANTS, OTHER_METHODS, PLUGIN_METHODS))
 
 
 def matrix_markdown() -> str:
     """The matrix as markdown: legend, three tables (the hand-written rows, the LoRA variants, every other PEFT
     method that wraps layers), one column per layer kind, numbered notes."""
     notes: dict[tuple[str, str], int] = {}
-    variants, others = measured_rows()
+    variants, others, plugins = measured_rows()
     lines = [
         "Legend: ✅ supported · 🔌 provided by this plugin · ❌ refused before the model is touched · ? unverified "
         "(passed through with a warning) · `a / b`: train and save/load / merge (one symbol: all three).",
@@ -544,6 +546,11 @@ def matrix_markdown() -> str:
         f"[{DOCS_PAGE}]({DOCS_PAGE})):",
         "",
         *_table(others, notes),
+        "",
+        "The methods this plugin adds to PEFT (`peft_vision_ext.tuners`, registered when the plugin is imported; "
+        "measured cells as above):",
+        "",
+        *_table(plugins, notes),
         "",
         "Layer kinds: " + "; ".join(f"`{k.value}` {k.description}" for k in KINDS) + ".",
         "",
@@ -570,8 +577,8 @@ def docs_markdown() -> str:
              "what PEFT itself does. `ok` cells are supported; any other outcome is refused before the model is "
              "touched (a merge failure refuses merging only; `needs-gpu` stays unverified).",
              "", f"Lanes: {', '.join('peft ' + lane for lane in lanes)}.", ""]
-    variants, others = measured_rows()
-    for row in list(METHODS) + variants + others:
+    variants, others, plugins = measured_rows()
+    for row in list(METHODS) + variants + others + plugins:
         found = []  # (kind, outcome, instead, lanes): lanes with the same outcome share a line
         for kind in KINDS:
             for lane in lanes:

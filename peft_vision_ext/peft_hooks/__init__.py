@@ -40,6 +40,7 @@ from .mha_restore import _install_mha_exact_restore
 from .model_card import _install_vision_model_card
 from .rewriting_inits import _install_rewriting_inits
 from .sharded_save import _install_sharded_save
+from .vision_methods import _install_vision_methods
 from .weight_routing import _install_weight_routing
 
 __all__ = [
@@ -85,6 +86,22 @@ class Hook:
 
 
 HOOKS: tuple[Hook, ...] = (
+    Hook(  # first: the methods exist before any other hook sees a config of theirs
+        name="vision-peft-methods",
+        why="the plugin's own methods (SSF, AdaptFormer) are PEFT methods: PeftType gains their names, which "
+            "register_peft_method (PEFT's extension point) requires, then each is registered through it",
+        min_peft=MIN_PEFT,
+        max_peft=None,
+        install=_install_vision_methods,
+        wraps=(
+            Wrapped("peft.utils.peft_types:PeftType"),
+            Wrapped("peft.utils:register_peft_method", ("name", "config_cls", "model_cls", "prefix")),
+            Wrapped("peft.mapping:PEFT_TYPE_TO_CONFIG_MAPPING"),
+        ),
+        refuses=(("ssf", ("*",)), ("adaptformer", ("*",))),
+        audit="still needed on 0.22: register_peft_method still raises 'Unknown PEFT type' for a name PeftType "
+              "lacks, and PeftType cannot be extended otherwise",
+    ),
     Hook(  # first: inside vision-default-targets' inject_adapter wrapper, so it sees the completed config
         name="base-rewriting-init-save",
         why="PiSSA/OLoRA/CorDA/LoftQ rewrite the base weights: a plain save re-ran the init at every load (CorDA's "

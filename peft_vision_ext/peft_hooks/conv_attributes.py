@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..adalora.layer import AdaLoraConv2d
+from ..tuners import SSFLayer
 
 _CONV_ATTRIBUTES = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                     "padding_mode")
@@ -18,7 +19,7 @@ def _conv_wrapper_classes() -> list[type]:
         cls = getattr(importlib.import_module(module_name), class_name, None)
         if cls is not None:
             classes.append(cls)
-    return [*classes, AdaLoraConv2d]
+    return [*classes, AdaLoraConv2d, SSFLayer]  # SSF wraps convs among other layers
 
 
 def _install_conv_attributes() -> None:

@@ -10,6 +10,7 @@ the fused-slices layout and AdaLoRA's defaults; quantization, the analysis, the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,15 @@ from ..adalora.defaults import vision_adalora_kwargs
 from ..card_facts import record_preset
 from ..errors import EmptyPresetError, NotAVisionModelError, PresetRefusedError, UnknownPresetError, name_list
 from ..families import Detection, LayerInfo, Part, Role, VisionFamily, detect_family, families, register_family
+from ..families.roles import mlp_blocks, residual_blocks, split_mlps
 from ..fused.slices import FUSED_CHOICES, PRESET_FUSED, request_preset_slices
-from ..layers.kinds import LayerKind
+from ..layers.kinds import LayerKind, norm_then_activation, plain_norm
+from ..layers.probe import observe
 from ..matrix.verdicts import METHOD_NAMES, Operation, config_class, entry
+from ..routing import BIAS_MERGING_METHODS
 from ..targets import method_name
 from ..versions import peft_version
-from .catalog import PRESETS, SUPPORTED_METHODS, TOWERS, Preset, method_layer_kinds
+from .catalog import BLOCK_PRESETS, PRESETS, SUPPORTED_METHODS, TOWERS, Preset, method_layer_kinds
 
 __all__ = [
     "PRESETS", "Preset", "Role", "Part", "LayerInfo", "VisionFamily", "Detection", "Resolution", "detect_family",
@@ -51,6 +55,11 @@ def _parts(preset: Preset, towers: str) -> frozenset[Part]:
     return (preset.parts or frozenset(Part)) & TOWERS[towers]
 
 
+def _in_head(detection: Detection, layer: LayerInfo) -> bool:
+    # a norm inside a task head keeps the norm role (the head is trained in full: no adapter goes inside it)
+    return any(layer.name == head or layer.name.startswith(head + ".") for head in detection.heads)
+
+
 def _select(detection: Detection, preset: Preset, method: str | None, towers: str = "vision") -> list[LayerInfo]:
     kinds = method_layer_kinds(method, peft_version()) if method else None
     parts = _parts(preset, towers)
@@ -58,6 +67,7 @@ def _select(detection: Detection, preset: Preset, method: str | None, towers: st
         layer
         for layer in detection.layers
         if layer.role in preset.roles and layer.part in parts and (kinds is None or layer.layer_kind in kinds)
+        and not (layer.role is Role.NORM and _in_head(detection, layer))
     ]
 
 
@@ -81,6 +91,8 @@ def resolve_targets(model: nn.Module, preset: str, method: str | None = None, to
     :class:`EmptyPresetError` (naming the detected family, the parts and the roles found). Reads the model only.
     """
     detection = _detect(model)
+    if preset in BLOCK_PRESETS:
+        return _blocks(model, detection)
     return [layer.name for layer in _resolve(detection, preset, method, towers)]
 
 
@@ -156,6 +168,21 @@ class Resolution:
     feedforward_modules: list[str]  # IA3 only
 
 
+def _mergeable_by_scale_shift(model: nn.Module, selected: list[LayerInfo]) -> list[LayerInfo]:
+    """Leave out what a scale and shift of the output could not merge into: layers whose parent passes its own bias
+    to ``F.linear`` (timm BEiT/EVA/SwinV2's fused qkv, torchvision Swin) and norms that do more than normalise (other
+    than timm's norm + activation layers, where SSF goes between the two); and layers the forward never calls (SSF's
+    preset reaches every part of a task model)."""
+    observation = observe(model, [layer.name for layer in selected])
+    left_out = set(observation.weight_reads) | set(observation.never_called([layer.name for layer in selected]))
+    return [layer for layer in selected if layer.name not in left_out
+            and (layer.role is not Role.NORM or _scale_shift_mergeable_norm(model.get_submodule(layer.name)))]
+
+
+def _scale_shift_mergeable_norm(module: nn.Module) -> bool:
+    return plain_norm(module) or norm_then_activation(module)
+
+
 def resolve_default(model: nn.Module, method: str, preset: str | None = None, towers: str = "vision") -> Resolution:
     """Targets, task head and (IA3) feedforward modules of ``preset`` or the family's default preset."""
     method = method.lower()
@@ -166,7 +193,11 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None, to
             f"peft-vision-ext has no default preset for method {method!r} on {detection.family.name}; "
             f"pass preset=... (one of {', '.join(PRESETS)}) or target_modules explicitly."
         )
+    if name in BLOCK_PRESETS:
+        return Resolution(detection.family.name, name, _blocks(model, detection), list(detection.heads), [])
     selected = _resolve(detection, name, method, towers)
+    if method in BIAS_MERGING_METHODS:  # SSF: its default stays mergeable (a deployed model that costs nothing extra)
+        selected = _mergeable_by_scale_shift(model, selected)
     feedforward = [layer.name for layer in selected if layer.role == Role.FC2] if method == "ia3" else []
     return Resolution(
         family=detection.family.name,
@@ -177,15 +208,45 @@ def resolve_default(model: nn.Module, method: str, preset: str | None = None, to
     )
 
 
-def fill_config(config: Any, resolution: Resolution, method: str) -> None:
+def _blocks(model: nn.Module, detection: Detection) -> list[str]:
+    """The modules preset ``blocks`` selects: MLP blocks, else residual conv blocks (module paths, model order)."""
+    # a CNN's squeeze-and-excitation modules hold fc1 / fc2 too: on CNNs, residual conv blocks only
+    found = ((mlp_blocks(detection.layers) if detection.kind != "cnn" else [])
+             or residual_blocks(model, detection.heads))
+    if found:
+        return found
+    split = split_mlps(detection.layers)
+    why = (f"its MLPs are split across two modules ({name_list(split)}, their contractions in a sibling module: the "
+           "ViT-style intermediate / output of DPT and of transformers 4.x ViT, DeiT, BEiT, Swin), so no module holds "
+           "one" if split else "it has no MLP block (a module holding fc1 and fc2) and no residual conv block")
+    raise EmptyPresetError(
+        f"Preset 'blocks' selects no module of this {detection.family.name} model: {why}. A parallel adapter "
+        "(AdaptFormer) sits beside a whole module. Instead: pass target_modules explicitly (module paths; each gets "
+        "an adapter beside it), or use LoRA / SSF, whose presets adapt single layers. The model was not modified.")
+
+
+def exact_targets(model: nn.Module, names: list[str]) -> set[str] | str:
+    """``target_modules`` for exactly ``names``: the names themselves, or, where PEFT's suffix matching would also take
+    other modules (the final ``norm`` of a timm ViT ends ``patch_embed.norm`` and ``blocks.0.mlp.norm`` too), one
+    regular expression that PEFT matches against whole module paths."""
+    wanted = set(names)
+    suffixes = {name for name in wanted if "." not in name} | {name.rpartition(".")[2] for name in wanted}
+    ambiguous = any(path not in wanted and path.rpartition(".")[2] in suffixes
+                    and any(path.endswith("." + name) for name in wanted)
+                    for path, _ in model.named_modules())
+    return "|".join(re.escape(name) for name in sorted(wanted)) if ambiguous else wanted
+
+
+def fill_config(config: Any, resolution: Resolution, method: str, model: nn.Module) -> None:
     """Give ``config`` what ``resolution`` resolved: its targets, and where the user left them ``None`` the task head
     (``modules_to_save``) and IA3's feedforward modules; LoRA: fused q/k/v layers as ``PRESET_FUSED`` says."""
-    config.target_modules = set(resolution.target_modules)
+    config.target_modules = exact_targets(model, resolution.target_modules)
     if method == "ia3" and getattr(config, "feedforward_modules", None) is None:
         config.feedforward_modules = set(resolution.feedforward_modules)
     if getattr(config, "modules_to_save", None) is None and resolution.modules_to_save:
         config.modules_to_save = list(resolution.modules_to_save)
-    request_preset_slices(config, PRESETS[resolution.preset].roles)
+    if resolution.preset in PRESETS:
+        request_preset_slices(config, PRESETS[resolution.preset].roles)
 
 
 def complete_config(model: nn.Module, config: Any, *, strict: bool = False) -> Resolution | None:
@@ -209,7 +270,7 @@ def complete_config(model: nn.Module, config: Any, *, strict: bool = False) -> R
         if strict:
             raise
         return None
-    fill_config(config, resolution, method)
+    fill_config(config, resolution, method, model)
     record_preset(config, resolution.preset)
     return resolution
 
@@ -247,7 +308,7 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         method_kwargs = vision_adalora_kwargs(method_kwargs, detection.kind if detection is not None else None)
     if method_kwargs.get("target_modules") is None:
         resolution = resolve_default(model, method, preset, towers)
-        method_kwargs["target_modules"] = resolution.target_modules
+        method_kwargs["target_modules"] = exact_targets(model, resolution.target_modules)
         if method == "ia3" and method_kwargs.get("feedforward_modules") is None:
             method_kwargs["feedforward_modules"] = resolution.feedforward_modules
         if method_kwargs.get("modules_to_save") is None and resolution.modules_to_save:
@@ -255,7 +316,8 @@ def preset_config(model: nn.Module, method: str, preset: str | None = None, *, f
         config = config_class(**method_kwargs)
 
         record_preset(config, resolution.preset)
-        request_preset_slices(config, PRESETS[resolution.preset].roles, fused)
+        if resolution.preset in PRESETS:
+            request_preset_slices(config, PRESETS[resolution.preset].roles, fused)
         return config
     if preset is not None:
         raise ValueError("Pass either preset=... or target_modules=..., not both.")

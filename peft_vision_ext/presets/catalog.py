@@ -43,6 +43,12 @@ PRESETS: dict[str, Preset] = {
         Preset("conv", _CONV, "k x k and 1 x 1 convolutions with groups == 1 (not the stem)"),
         Preset("conv+depthwise", _CONV_DW, "conv plus depthwise and grouped convolutions"),
         Preset("all", _ALL_LINEAR | _CONV_DW | {Role.STEM}, "every Linear and Conv2d of the backbone, stem included"),
+        Preset("ssf", _ALL_LINEAR | _CONV_DW | {Role.STEM, Role.NORM}, "every Linear, Conv2d and norm layer of the "
+               "backbone, stem included (SSF's default on transformers; layers whose parent reads their weight "
+               "itself, as timm BEiT/EVA's fused qkv, are left out for SSF, which could not merge there)"),
+        Preset("norm+linear", _ALL_LINEAR | {Role.NORM}, "every norm and Linear layer of the backbone (SSF's default "
+               "on CNNs and hybrids: a conv's norm follows it, so a scale and shift after the conv as well would "
+               "repeat it; measured, that pair diverged on MobileNetV2)"),
         # Task models (detection, segmentation, depth): the same roles, restricted to parts of the model.
         Preset("backbone", _ATTN_QV | _CONV, "the backbone only: its attention q/v or its groups == 1 convolutions "
                "(not the stem)", frozenset({Part.BACKBONE})),
@@ -85,4 +91,15 @@ def presets_markdown() -> str:
     """The presets table of docs/guides/presets.md (docs/generate.py writes it; tests keep the two identical)."""
     rows = ["| preset | selects |", "|---|---|"]
     rows += [f"| `{p.name}` | {p.description} |" for p in PRESETS.values()]
+    rows += [f"| `{name}` | {description} |" for name, description in BLOCK_PRESETS.items()]
     return "\n".join(rows)
+
+
+#: Presets of whole modules (a parallel adapter sits beside each; AdaptFormer), resolved from the model's structure
+#: (:func:`peft_vision_ext.families.roles.mlp_blocks`, :func:`~peft_vision_ext.families.roles.residual_blocks`).
+BLOCK_PRESETS: dict[str, str] = {
+    "blocks": "every MLP block of the backbone (a module holding an MLP's fc1 and fc2: timm `blocks.N.mlp`, "
+              "transformers 5 `layers.N.mlp`, torchvision `encoder_layer_N.mlp`, ConvNeXt's MLP); on CNNs (and "
+              "models without an MLP block), every residual conv block (ResNet BasicBlock / Bottleneck, MobileNet / "
+              "EfficientNet inverted residuals); AdaptFormer's default",
+}
