@@ -336,19 +336,17 @@ def vision_methods_timing() -> str:
 
 
 def vision_methods_summary() -> str:
-    """The guide's short table: SSF against LoRA r=8 on both tasks and on the 4-bit ViT."""
+    """The guide's short table: SSF and AdaptFormer against LoRA r=8 on both tasks, and on the 4-bit ViT."""
     data = _load("results/vision_methods.json")
     vit = {row["variant"]: row for row in data["vit_rows"]}
     mobilenet = {row["variant"]: row for row in data["mobilenet_rows"]}
     lines = [f"Paired seeds ({data['settings']['seeds']}), mean ± std of the per-seed difference, in accuracy points "
              "([Vision methods](../results/vision_methods.md)):", "",
-             *_table([("task", "l"), ("SSF params", "r"), ("LoRA r=8 params", "r"), ("SSF - LoRA r=8", "r"),
-                      ("SSF lr 1e-2 - LoRA r=8", "r")], [
-                 [name, f"{rows['SSF']['trainable']:,}", f"{rows['LoRA r=8']['trainable']:,}",
-                  _mean_std(rows["SSF"]["paired_vs_lora_mean"], rows["SSF"]["paired_vs_lora_std"], sign=True),
-                  _mean_std(rows["SSF lr 1e-2"]["paired_vs_lora_mean"], rows["SSF lr 1e-2"]["paired_vs_lora_std"],
-                            sign=True)]
-                 for name, rows in (("ViT (digits 5-9)", vit), ("MobileNetV2 (MNIST-5k)", mobilenet))]),
+             *_table([("task", "l"), ("method", "l"), ("trainable params", "r"), ("vs LoRA r=8, paired", "r")], [
+                 [task, method, f"{rows[method]['trainable']:,}",
+                  _mean_std(rows[method]["paired_vs_lora_mean"], rows[method]["paired_vs_lora_std"], sign=True)]
+                 for task, rows in (("ViT (digits 5-9)", vit), ("MobileNetV2 (MNIST-5k)", mobilenet))
+                 for method in rows if method in ("SSF", "SSF lr 1e-2", "AdaptFormer", "AdaptFormer lr 1e-2")]),
              "", "On the 4-bit ViT, each against its own fp32 run: " + "; ".join(
                  f"{name} {_mean_std(vit[name]['paired_vs_fp32_mean'], vit[name]['paired_vs_fp32_std'], sign=True)}"
                  for name in vit if "paired_vs_fp32_mean" in vit[name]) + "."]

@@ -43,6 +43,14 @@ _VIT = "ViT transfer task (4-block ViT pretrained here on MNIST 0-4, digits 5-9,
 _MOBILENET = "MobileNetV2 on MNIST-5k (3 seeds)"
 _ADALORA = "AdaLoRA vs LoRA at the same final budget, 5 paired seeds"
 
+_VIT_ROWS, _MOBILENET_ROWS = "vit_rows", "mobilenet_rows"
+
+
+def _method(rows: str, variant: str, field: str, value: float, decimals: int, what: str) -> Measurement:
+    """A row of benchmarks/results/vision_methods.json (the plugin's own methods, 5 paired seeds)."""
+    return Measurement("vision_methods.json", (rows, _row(variant), field), value, decimals, what)
+
+
 MEASURED: dict[str, Measurement] = {
     # the ViT transfer task (benchmarks/accuracy_vit.py)
     "vit.lora": Measurement("accuracy_vit.json", ("rows", _row("LoRA"), "accuracy_mean"), 78.73, 2,
@@ -145,6 +153,51 @@ MEASURED: dict[str, Measurement] = {
                                      "AdaLoRA minus full fine-tuning, mAP@50 points: detection task, 5 paired seeds"),
     "detection.heads_only": Measurement("detection.json", ("rows", _row("heads only"), "map_50_vs_full_mean"),
                                         -19.44, 2, "training the heads only minus full fine-tuning, mAP@50 points"),
+    # the plugin's own methods (benchmarks/vision_methods.py, 5 paired seeds)
+    "ssf.vit": _method(_VIT_ROWS, "SSF", "paired_vs_lora_mean", -7.36, 2,
+                       "SSF (lr 3e-3) minus LoRA r=8, points: ViT task"),
+    "ssf.vit_std": _method(_VIT_ROWS, "SSF", "paired_vs_lora_std", 2.53, 2,
+                       "its standard deviation over the seeds"),
+    "ssf.vit_lr2": _method(_VIT_ROWS, "SSF lr 1e-2", "paired_vs_lora_mean", -4.88, 2,
+                       "SSF at lr 1e-2 minus LoRA r=8, points: ViT task"),
+    "ssf.vit_params": _method(_VIT_ROWS, "SSF", "trainable", 9317, 0,
+                       "SSF's trainable parameters on the ViT task (head included)"),
+    "ssf.vit_4bit": _method(_VIT_ROWS, "4-bit SSF", "paired_vs_fp32_mean", -0.04, 2,
+                       "SSF on the 4-bit ViT minus SSF on fp32, points"),
+    "ssf.vit_4bit_std": _method(_VIT_ROWS, "4-bit SSF", "paired_vs_fp32_std", 0.82, 2,
+                       "its standard deviation over the seeds"),
+    "ssf.cnn": _method(_MOBILENET_ROWS, "SSF", "paired_vs_lora_mean", -2.68, 2,
+                       "SSF minus LoRA r=8, points: MobileNetV2 task"),
+    "ssf.cnn_std": _method(_MOBILENET_ROWS, "SSF", "paired_vs_lora_std", 2.43, 2,
+                       "its standard deviation over the seeds"),
+    "ssf.cnn_params": _method(_MOBILENET_ROWS, "SSF", "trainable", 46922, 0,
+                       "SSF's trainable parameters on MobileNetV2 (head included)"),
+    "adaptformer.vit": _method(_VIT_ROWS, "AdaptFormer", "paired_vs_lora_mean", -9.68, 2,
+                       "AdaptFormer (bottleneck 8, lr 3e-3) minus LoRA r=8, points: ViT task"),
+    "adaptformer.vit_std": _method(_VIT_ROWS, "AdaptFormer", "paired_vs_lora_std", 1.58, 2,
+                       "its standard deviation over the seeds"),
+    "adaptformer.vit_lr2": _method(_VIT_ROWS, "AdaptFormer lr 1e-2", "paired_vs_lora_mean", -5.08, 2,
+                       "AdaptFormer at lr 1e-2 minus LoRA r=8, points: ViT task"),
+    "adaptformer.vit_params": _method(_VIT_ROWS, "AdaptFormer", "trainable", 7045, 0,
+                       "AdaptFormer's trainable parameters on the ViT task (head included)"),
+    "adaptformer.vit_4bit": _method(_VIT_ROWS, "4-bit AdaptFormer", "paired_vs_fp32_mean", -1.36, 2,
+                       "AdaptFormer on the 4-bit ViT minus on fp32, points"),
+    "adaptformer.vit_4bit_std": _method(_VIT_ROWS, "4-bit AdaptFormer", "paired_vs_fp32_std", 1.32, 2,
+                       "its standard deviation over the seeds"),
+    "adaptformer.cnn": _method(_MOBILENET_ROWS, "AdaptFormer", "paired_vs_lora_mean", -2.6, 2,
+                       "AdaptFormer minus LoRA r=8, points: MobileNetV2 task"),
+    "adaptformer.cnn_std": _method(_MOBILENET_ROWS, "AdaptFormer", "paired_vs_lora_std", 1.5, 2,
+                       "its standard deviation over the seeds"),
+    "adaptformer.cnn_params": _method(_MOBILENET_ROWS, "AdaptFormer", "trainable", 36210, 0,
+                       "AdaptFormer's trainable parameters on MobileNetV2 (head included)"),
+    "vitlora.params": _method(_VIT_ROWS, "LoRA r=8", "trainable", 12773, 0,
+                       "LoRA r=8's trainable parameters on the ViT task (head included)"),
+    "vitlora.4bit": _method(_VIT_ROWS, "4-bit LoRA r=8", "paired_vs_fp32_mean", -1.08, 2,
+                       "LoRA r=8 on the 4-bit ViT minus fp32 LoRA, points"),
+    "vitlora.4bit_std": _method(_VIT_ROWS, "4-bit LoRA r=8", "paired_vs_fp32_std", 2.17, 2,
+                       "its standard deviation over the seeds"),
+    "ssf.merged_forward": Measurement("vision_methods.json", ("ssf_merged_forward", "merged_over_base"), 0.97, 3,
+                                      "forward time of the SSF-merged ViT / the base ViT (batch 64, rotating rounds)"),
 }
 
 

@@ -176,6 +176,19 @@ def awake(model: nn.Module) -> nn.Module:
     return model
 
 
+def awake_case(key: str) -> tuple[nn.Module, torch.Tensor]:
+    """The zoo model ``key`` (seed 0, :func:`awake`, eval mode) and a fixed random input of its shape."""
+    _, build, shape = all_models()[key]
+    torch.manual_seed(0)
+    return awake(build()).eval(), torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+
+
+def output_without_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's main output tensor for ``x`` (float, no autograd)."""
+    with torch.no_grad():
+        return model_output(model(x)).float()
+
+
 def adaptformer_refuses(model: nn.Module) -> bool:
     """Whether AdaptFormer's default preset ("blocks") finds no module to sit beside on ``model`` (split MLPs, or a
     CNN without residual blocks such as MobileNetV1): get_peft_model then raises EmptyPresetError."""

@@ -11,7 +11,9 @@ import peft
 import pytest
 import torch
 import torch.nn.functional as F
-from model_zoo import adaptformer_refuses, all_models, awake, model_output
+from model_zoo import adaptformer_refuses, all_models, model_output
+from model_zoo import awake_case as _build
+from model_zoo import output_without_grad as _out
 from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
@@ -33,17 +35,6 @@ def _config(method: str, **kwargs: object) -> object:
     elif method in ("lora", "loha", "lokr", "vera"):
         kwargs.setdefault("r", 4)
     return config_class(method)(**kwargs)
-
-
-def _build(key: str) -> tuple[nn.Module, torch.Tensor]:
-    _, build, shape = all_models()[key]
-    torch.manual_seed(0)
-    return awake(build()).eval(), torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-
-
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model_output(model(x)).float()
 
 
 def _wrappers(model: nn.Module) -> dict[str, nn.Module]:

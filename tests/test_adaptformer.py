@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_zoo import adaptformer_refuses, all_models, awake, model_output
+from model_zoo import adaptformer_refuses, all_models, model_output
+from model_zoo import awake_case as _build
+from model_zoo import output_without_grad as _out
 from peft import PeftModel, get_peft_model
 from torch import nn
 
@@ -18,17 +20,6 @@ from peft_vision_ext.layers.kinds import LayerKind, layer_kind
 from peft_vision_ext.tuners import AdaptFormerConfig, AdaptFormerLayer
 
 CASES = list(all_models())
-
-
-def _build(key: str) -> tuple[nn.Module, torch.Tensor]:
-    _, build, shape = all_models()[key]
-    torch.manual_seed(0)
-    return awake(build()).eval(), torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-
-
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model_output(model(x)).float()
 
 
 def _first(output: object) -> torch.Tensor:

@@ -10,7 +10,9 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from model_zoo import all_models, awake, model_output
+from model_zoo import all_models, model_output
+from model_zoo import awake_case as _build
+from model_zoo import output_without_grad as _out
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
@@ -25,17 +27,6 @@ from peft_vision_ext.tuners import SSFConfig, SSFLayer
 CASES = list(all_models())
 #: families whose default SSF preset reaches norm layers (transformers with LayerNorm, CNNs with plain BatchNorm)
 TOLERANCE = 1e-5
-
-
-def _build(key: str) -> tuple[nn.Module, torch.Tensor]:
-    _, build, shape = all_models()[key]
-    torch.manual_seed(0)
-    return awake(build()).eval(), torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-
-
-def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model_output(model(x)).float()
 
 
 def _ssf_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -56,6 +56,16 @@ _ALTERNATIVE_ADALORA_VIT = (
     "AdaLoRA (preset_config(model, 'adalora', r=8): adaptive ranks, final budget of LoRA r=8): on par with LoRA on our "
     "ViT task ({adalora.vit:+.2f} +- {adalora.vit_std} points, 5 paired seeds; PEFT's own AdaLoRA defaults "
     "{adalora.vit_peft_defaults:+.2f}); process peak {adalora.peak_low}-{adalora.peak_high}x LoRA's")
+_ALTERNATIVE_VISION_METHODS_VIT = (
+    "SSF (peft_vision_ext.SSFConfig(): a scale and shift after every layer, {ssf.vit_params:,.0f} trainable "
+    "parameters, merges exactly) or AdaptFormer (AdaptFormerConfig(): a bottleneck of 8 beside every MLP block, "
+    "{adaptformer.vit_params:,.0f}): on our ViT task {ssf.vit:+.2f} +- {ssf.vit_std} and {adaptformer.vit:+.2f} +- "
+    "{adaptformer.vit_std} points vs LoRA r=8 at lr 3e-3 (at lr 1e-2: SSF {ssf.vit_lr2:+.2f}, AdaptFormer "
+    "{adaptformer.vit_lr2:+.2f}; 5 paired seeds)")
+_ALTERNATIVE_VISION_METHODS_CNN = (
+    "SSF (after every norm, {ssf.cnn_params:,.0f} trainable parameters, merges exactly) or AdaptFormer (beside every "
+    "inverted residual block, {adaptformer.cnn_params:,.0f}): {ssf.cnn:+.2f} +- {ssf.cnn_std} and "
+    "{adaptformer.cnn:+.2f} +- {adaptformer.cnn_std} points vs LoRA r=8 on MobileNetV2 (5 paired seeds)")
 CHOICES: tuple[Choice, ...] = (
     Choice(KINDS, True, MEMORY_LEVELS, "lora", _LORA, MEASURED_LR, (
         "bitsandbytes weights: LoRA trains and merges on 4- and 8-bit layers (the compatibility matrix refuses "
@@ -69,6 +79,10 @@ CHOICES: tuple[Choice, ...] = (
     ), (
         "QPiSSA (LoraConfig(init_lora_weights='pissa') through peft_vision_ext.get_quantized_peft_model): starts "
         "closer to the fp32 model; {quantized.qpissa:+.2f} points from fp32 LoRA on our ViT task (5 paired seeds)",
+        "SSF or AdaptFormer act on activations and train on 4-bit weights too: on the 4-bit ViT {ssf.vit_4bit:+.2f} +- "
+        "{ssf.vit_4bit_std} and {adaptformer.vit_4bit:+.2f} +- {adaptformer.vit_4bit_std} points from their own fp32 "
+        "runs (LoRA: {vitlora.4bit:+.2f} +- {vitlora.4bit_std}; 5 paired seeds), but below LoRA in fp32 on that task "
+        "(SSF {ssf.vit:+.2f}, AdaptFormer {adaptformer.vit:+.2f} points)",
     )),
     Choice(("cnn",), False, ("low",), "lokr", {"r": 8, "alpha": 16}, MEASURED_LR, (
         "tight memory on a CNN: LoKr's Kronecker factors store the fewest parameters and adapt depthwise convs too: "
@@ -85,6 +99,7 @@ CHOICES: tuple[Choice, ...] = (
         "{adalora.cnn_std} points vs LoRA on MobileNetV2 (5 paired seeds, within the noise), process peak "
         "{adalora.peak_low}-{adalora.peak_high}x LoRA's",
         "LoKr when parameters are tight: {cnn.lokr_params:,.0f} trainable parameters, {cnn.lokr} %",
+        _ALTERNATIVE_VISION_METHODS_CNN,
     )),
     Choice(_VIT_KINDS, False, ("low", "normal"), "lora", _LORA, MEASURED_LR, (
         "ViT: LoRA r=8 on the attention projections (fused qkv adapted whole) reached {vit.lora} % on our ViT task "
@@ -94,6 +109,7 @@ CHOICES: tuple[Choice, ...] = (
         "{fused.vit_qv_std} points for the slices, 5 paired seeds)",
     ), (
         _ALTERNATIVE_ADALORA_VIT,
+        _ALTERNATIVE_VISION_METHODS_VIT,
     )),
     Choice(_VIT_KINDS, False, ("high",), "lora", _LORA, MEASURED_LR, (
         "ViT: LoRA r=8 on the attention projections reached {vit.lora} % on our ViT task (3 seeds); no PEFT method "
@@ -103,6 +119,7 @@ CHOICES: tuple[Choice, ...] = (
         "checkpointing on); larger LoRA ranks were not measured",
     ), (
         _ALTERNATIVE_ADALORA_VIT,
+        _ALTERNATIVE_VISION_METHODS_VIT,
     )),
 )
 

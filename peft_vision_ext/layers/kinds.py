@@ -136,7 +136,8 @@ def layer_kind(module: nn.Module, input_ndim: int | None = None) -> LayerKind:
         for cls, kind in _OTHER_LAYERS:
             if isinstance(module, cls):
                 return kind
-        if not isinstance(module, CONTAINERS) and any(
+        # PEFT's modules_to_save wrapper (original_module + its trained copies) is a wrapper, not a block
+        if not isinstance(module, CONTAINERS) and not hasattr(module, "original_module") and any(
                 is_linear(inner) or isinstance(inner, nn.Conv2d) for inner in module.modules() if inner is not module):
             return LayerKind.BLOCK
     return LayerKind.OTHER

@@ -9,18 +9,19 @@ learns about them through :func:`peft.utils.register_peft_method` (hook ``vision
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from peft.config import PeftConfig
 from peft.tuners import tuners_utils
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from peft.utils import ModulesToSaveWrapper, _get_submodules
+from peft.utils.peft_types import PeftType
 from torch import nn
 
 
 def registered_peft_type(name: str) -> Any:
     """PEFT's ``PeftType`` member for one of the plugin's methods (added when ``peft_vision_ext`` is imported)."""
-    from peft.utils.peft_types import PeftType
-
     member = PeftType._member_map_.get(name.upper())
     if member is None:
         raise RuntimeError(
@@ -28,6 +29,29 @@ def registered_peft_type(name: str) -> Any:
             "'vision-peft-methods' was skipped or peft_vision_ext was not imported). Import peft_vision_ext before "
             "creating the config; if it was imported, its warning names what this PEFT release lacks.")
     return member
+
+
+@dataclass
+class VisionMethodConfig(PeftConfig):
+    """The fields every method of the plugin shares with PEFT's layer methods (targets, exclusions, the head trained
+    in full, layer selection); ``peft_type`` is the registered member of :attr:`method`."""
+
+    method: ClassVar[str] = ""
+    target_modules: list[str] | str | None = field(default=None, metadata={
+        "help": "Module names (or one regex of whole paths) to adapt; None: the family's vision preset."})
+    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Module names to leave out."})
+    modules_to_save: list[str] | None = field(default=None, metadata={
+        "help": "Modules trained in full and saved with the adapter (the task head)."})
+    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Only these layer indices."})
+    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "The layer list's name."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = registered_peft_type(self.method)
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        if isinstance(self.exclude_modules, list):
+            self.exclude_modules = set(self.exclude_modules)
 
 
 class VisionTunerModel(BaseTuner):

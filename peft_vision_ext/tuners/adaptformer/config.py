@@ -4,17 +4,16 @@ residual conv blocks (as Convpass / Conv-Adapter do), as a PEFT method."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from peft.config import PeftConfig
-
-from ..base import registered_peft_type
+from ..base import VisionMethodConfig
 
 NAME = "adaptformer"
 PREFIX = "adaptformer_"
 
 
 @dataclass
-class AdaptFormerConfig(PeftConfig):
+class AdaptFormerConfig(VisionMethodConfig):
     """Beside each targeted module ``M``: ``M(x) + scale * up(relu(down(x)))``, a bottleneck of ``bottleneck``
     channels whose up-projection starts at zero (the adapted model starts as the base model).
 
@@ -27,26 +26,15 @@ class AdaptFormerConfig(PeftConfig):
     Not mergeable: the branch is non-linear (its cost at inference: two small projections per block).
     """
 
-    target_modules: list[str] | str | None = field(default=None, metadata={
-        "help": "Modules (MLP or residual conv blocks, or single layers) to put an adapter beside; None: the preset."})
-    exclude_modules: list[str] | str | None = field(default=None, metadata={"help": "Module names to leave out."})
-    modules_to_save: list[str] | None = field(default=None, metadata={
-        "help": "Modules trained in full and saved with the adapter (the task head)."})
+    method: ClassVar[str] = NAME
     bottleneck: int = field(default=8, metadata={"help": "Channels of the bottleneck (AdaptFormer's hidden size)."})
     scale: float = field(default=0.1, metadata={"help": "The branch's fixed scale s (AdaptFormer: 0.1)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout inside the bottleneck, in training."})
     init_weights: bool = field(default=True, metadata={
         "help": "True: the up-projection starts at zero (identity at the start); False: random (for tests)."})
-    layers_to_transform: list[int] | int | None = field(default=None, metadata={"help": "Only these layer indices."})
-    layers_pattern: list[str] | str | None = field(default=None, metadata={"help": "The layer list's name."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = registered_peft_type(NAME)
         if self.bottleneck < 1:
             raise ValueError(f"AdaptFormerConfig(bottleneck={self.bottleneck}): the bottleneck needs at least one "
                              "channel.")
-        if isinstance(self.target_modules, list):
-            self.target_modules = set(self.target_modules)
-        if isinstance(self.exclude_modules, list):
-            self.exclude_modules = set(self.exclude_modules)
