@@ -12,9 +12,8 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from model_zoo import ZOO, model_output
+from model_zoo import ZOO, awake, model_output
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_adapters_act import awake
 from torch import nn
 
 import peft_vision_ext as pve
